@@ -1,0 +1,69 @@
+"""The async contract every backend fulfils, named as in Chicory's own ``Backend``."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from types import TracebackType
+from typing import Self
+
+from chicory_backends.types import BackendStatus, TaskResult, TaskState, WorkerStats
+
+
+class Backend(ABC):
+    """Stores task states, results and worker heartbeats.
+
+    Writes are atomic and idempotent: a non-terminal state (PENDING, STARTED, RETRY)
+    never replaces a terminal one (SUCCESS, FAILURE, DEAD_LETTERED), so a late or
+    duplicated delivery cannot undo a finished task.
+    """
+
+    @abstractmethod
+    async def connect(self) -> None: ...
+
+    @abstractmethod
+    async def disconnect(self) -> None: ...
+
+    @abstractmethod
+    async def set_state(self, task_id: str, state: TaskState) -> None: ...
+
+    @abstractmethod
+    async def store_result(self, task_id: str, result: TaskResult) -> None: ...
+
+    @abstractmethod
+    async def get_result(self, task_id: str) -> TaskResult | None: ...
+
+    @abstractmethod
+    async def get_results(self, task_ids: Iterable[str]) -> dict[str, TaskResult]:
+        """Read many results in one round trip; unknown or expired ids are absent."""
+
+    @abstractmethod
+    async def delete_result(self, task_id: str) -> None: ...
+
+    @abstractmethod
+    async def store_heartbeat(self, worker_id: str, stats: WorkerStats, ttl: int = 30) -> None: ...
+
+    @abstractmethod
+    async def get_heartbeat(self, worker_id: str) -> WorkerStats | None: ...
+
+    @abstractmethod
+    async def get_active_workers(self) -> list[WorkerStats]: ...
+
+    @abstractmethod
+    async def cleanup_stale_clients(self, stale_seconds: float = 60.0) -> int:
+        """Remove heartbeats that expired more than ``stale_seconds`` ago; return the count."""
+
+    @abstractmethod
+    async def healthcheck(self) -> BackendStatus: ...
+
+    async def __aenter__(self) -> Self:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.disconnect()

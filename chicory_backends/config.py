@@ -1,0 +1,176 @@
+"""Backend settings from ``CHICORY_BACKEND_*`` variables, named as in Chicory's documentation."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sqlalchemy.engine import URL, make_url
+
+from chicory_backends.errors import ConfigurationError
+
+
+class _Settings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", env_ignore_empty=True)
+
+
+class SQLBackendConfig(_Settings):
+    """What every SQL backend shares: the pool, expiry and the schema policy."""
+
+    driver_name: ClassVar[str]
+    default_port: ClassVar[int | None] = None
+
+    url: SecretStr | None = Field(
+        default=None, description="Full SQLAlchemy URL; overrides the separate fields"
+    )
+    pool_size: int = Field(default=10, ge=1)
+    max_overflow: int = Field(default=10, ge=0)
+    pool_timeout: float = Field(default=30.0, gt=0)
+    pool_recycle: int = Field(default=3600, description="Seconds; -1 keeps connections forever")
+    connect_timeout: float = Field(default=10.0, gt=0)
+    echo: bool = False
+    result_ttl: int | None = Field(
+        default=None, ge=0, description="Seconds a result stays readable; None or 0 = forever"
+    )
+    max_result_bytes: int | None = Field(default=None, ge=1)
+    auto_migrate: bool = Field(
+        default=False, description="Upgrade the schema at connect() instead of refusing"
+    )
+    cleanup_batch_size: int = Field(default=5000, ge=1)
+
+    def sqlalchemy_url(self) -> URL:
+        """The URL with the password inside; URL's own repr masks it."""
+        if self.url is not None:
+            try:
+                url = make_url(self.url.get_secret_value())
+            except Exception:
+                raise ConfigurationError(
+                    f"{type(self).__name__}.url is not a valid database URL"
+                ) from None
+            return url if "+" in url.drivername else url.set(drivername=self.driver_name)
+        return self._url_from_fields()
+
+    def _url_from_fields(self) -> URL:
+        raise NotImplementedError
+
+    def address(self) -> str:
+        """host:port for error messages (never the password)."""
+        url = self.sqlalchemy_url()
+        return f"{url.host or 'localhost'}:{url.port or self.default_port}"
+
+
+class _ServerSQLConfig(SQLBackendConfig):
+    host: str = "localhost"
+    port: int = Field(default=0, description="0 = the database's usual port")
+    database: str = "chicory"
+    username: str = "chicory"
+    password: SecretStr | None = None
+    query: dict[str, str] = Field(
+        default_factory=dict, description="Extra URL query options, e.g. ssl settings"
+    )
+
+    def _url_from_fields(self) -> URL:
+        return URL.create(
+            self.driver_name,
+            username=self.username or None,
+            password=self.password.get_secret_value() if self.password else None,
+            host=self.host,
+            port=self.port or self.default_port,
+            database=self.database,
+            query=self.query,
+        )
+
+
+class PostgresBackendConfig(_ServerSQLConfig):
+    model_config = SettingsConfigDict(env_prefix="CHICORY_BACKEND_POSTGRES_")
+    driver_name = "postgresql+asyncpg"
+    default_port = 5432
+    port: int = 5432
+    pgbouncer: bool = Field(
+        default=False,
+        description="Transaction-pooling PgBouncer in front: no server-side prepared statements",
+    )
+    ssl: str | None = Field(default=None, description="asyncpg ssl mode, e.g. 'require'")
+
+
+class MySQLBackendConfig(_ServerSQLConfig):
+    model_config = SettingsConfigDict(env_prefix="CHICORY_BACKEND_MYSQL_")
+    driver_name = "mysql+aiomysql"
+    default_port = 3306
+    port: int = 3306
+
+
+class MSSQLBackendConfig(_ServerSQLConfig):
+    model_config = SettingsConfigDict(env_prefix="CHICORY_BACKEND_MSSQL_")
+    driver_name = "mssql+aioodbc"
+    default_port = 1433
+    port: int = 1433
+    driver: str = "ODBC Driver 18 for SQL Server"
+
+    def _url_from_fields(self) -> URL:
+        url = super()._url_from_fields()
+        return url.update_query_dict({"driver": self.driver})
+
+
+class SQLiteBackendConfig(SQLBackendConfig):
+    model_config = SettingsConfigDict(env_prefix="CHICORY_BACKEND_SQLITE_")
+    driver_name = "sqlite+aiosqlite"
+    file_path: str = "chicory_results.db"
+    busy_timeout_ms: int = Field(default=5000, ge=0)
+
+    def _url_from_fields(self) -> URL:
+        return URL.create(self.driver_name, database=self.file_path)
+
+    def address(self) -> str:
+        return self.sqlalchemy_url().database or ":memory:"
+
+
+class RedisBackendConfig(_Settings):
+    model_config = SettingsConfigDict(env_prefix="CHICORY_BACKEND_REDIS_")
+    host: str = "localhost"
+    port: int = 6379
+    db: int = Field(default=1, ge=0)
+    username: str | None = None
+    password: SecretStr | None = None
+    url: SecretStr | None = Field(default=None, description="redis://, rediss:// or unix://")
+    result_ttl: int = Field(default=3600, ge=0, description="Seconds; 0 = never expire")
+    key_prefix: str = "chicory"
+    sentinels: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="host:port of each Sentinel, comma-separated"
+    )
+    sentinel_service: str = "mymaster"
+    cluster: bool = False
+    socket_timeout: float = Field(default=5.0, gt=0)
+    max_connections: int = Field(default=50, ge=1)
+    pool_timeout: float = Field(default=10.0, gt=0)
+    max_result_bytes: int | None = Field(default=None, ge=1)
+
+    @field_validator("sentinels", mode="before")
+    @classmethod
+    def _split_sentinels(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    def address(self) -> str:
+        if self.url is not None:
+            from urllib.parse import urlsplit
+
+            parts = urlsplit(self.url.get_secret_value())
+            return (
+                parts.path if parts.scheme == "unix" else f"{parts.hostname}:{parts.port or 6379}"
+            )
+        if self.sentinels:
+            return f"sentinel {self.sentinel_service} via {','.join(self.sentinels)}"
+        return f"{self.host}:{self.port}"
+
+
+SQL_CONFIGS: dict[str, type[SQLBackendConfig]] = {
+    "postgres": PostgresBackendConfig,
+    "mysql": MySQLBackendConfig,
+    "sqlite": SQLiteBackendConfig,
+    "mssql": MSSQLBackendConfig,
+}
+
+AnyBackendConfig = SQLBackendConfig | RedisBackendConfig

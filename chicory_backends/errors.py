@@ -1,0 +1,95 @@
+"""Every failure a caller can see is one of these; no raw driver exception escapes."""
+
+from __future__ import annotations
+
+
+class ChicoryBackendError(Exception):
+    """Base of every error raised by chicory-backends."""
+
+
+class ConfigurationError(ChicoryBackendError):
+    """The configuration cannot describe a working backend."""
+
+
+class NotConnectedError(ChicoryBackendError):
+    def __init__(self, backend: str) -> None:
+        super().__init__(f"{backend} is not connected: call 'await backend.connect()' first")
+
+
+class BackendUnreachableError(ChicoryBackendError):
+    """The server did not answer; names where we tried, never the credentials."""
+
+    def __init__(self, address: str, reason: str) -> None:
+        self.address = address
+        super().__init__(f"backend server at {address} is unreachable: {reason}")
+
+
+class DatabaseError(ChicoryBackendError):
+    """The database refused a statement for a reason that is neither reachability nor schema."""
+
+
+class PoolExhaustedError(ChicoryBackendError):
+    def __init__(self, pool_size: int, max_overflow: int, timeout: float) -> None:
+        super().__init__(
+            f"no database connection free within {timeout:g}s "
+            f"(pool_size={pool_size}, max_overflow={max_overflow}); "
+            "raise the pool limits or lower the concurrency"
+        )
+
+
+class SchemaNotReadyError(ChicoryBackendError):
+    """The tables are missing or older than this library expects."""
+
+    def __init__(self, found: str | None, expected: str) -> None:
+        self.found = found
+        self.expected = expected
+        where = "missing" if found is None else f"at revision {found}"
+        super().__init__(
+            f"the result-backend schema is {where}, this library needs revision {expected}: "
+            "run 'alembic upgrade head' (or 'chicory-backends migrate', "
+            "or set auto_migrate=True in the backend config)"
+        )
+
+
+class ResultNotSerializableError(ChicoryBackendError):
+    def __init__(self, task_id: str, reason: str) -> None:
+        self.task_id = task_id
+        super().__init__(f"result of task {task_id!r} cannot be stored as JSON: {reason}")
+
+
+class ResultTooLargeError(ChicoryBackendError):
+    def __init__(self, task_id: str, size: int, limit: int) -> None:
+        self.task_id = task_id
+        super().__init__(
+            f"result of task {task_id!r} is {size} bytes as JSON, over max_result_bytes={limit}"
+        )
+
+
+class CorruptResultError(ChicoryBackendError):
+    """A stored row cannot be read back as a result; names the task so it can be removed."""
+
+    def __init__(self, task_id: str, reason: str) -> None:
+        self.task_id = task_id
+        super().__init__(f"stored result of task {task_id!r} is corrupt: {reason}")
+
+
+class InvalidTaskIdError(ChicoryBackendError, ValueError):
+    pass
+
+
+class TaskFailedError(ChicoryBackendError):
+    """Raised by AsyncResult.get() when the task ended in FAILURE or DEAD_LETTERED."""
+
+    def __init__(self, task_id: str, error: str | None, traceback: str | None) -> None:
+        self.task_id = task_id
+        self.error = error
+        self.traceback = traceback
+        super().__init__(f"task {task_id!r} failed: {error or 'no error text stored'}")
+
+
+class BackendNotConfiguredError(ChicoryBackendError):
+    def __init__(self) -> None:
+        super().__init__(
+            "task results need a result backend, and none is configured: "
+            "configure one, or use send() for fire-and-forget tasks"
+        )

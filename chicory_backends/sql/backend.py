@@ -1,0 +1,263 @@
+"""DatabaseBackend: the contract over one SQLAlchemy Core async engine."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import CursorResult, Executable, text
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from chicory_backends.base import Backend
+from chicory_backends.codec import (
+    build_result,
+    check_task_id,
+    decode_stats,
+    encode_stats,
+    encode_value,
+)
+from chicory_backends.config import SQLBackendConfig
+from chicory_backends.errors import NotConnectedError, SchemaNotReadyError
+from chicory_backends.sql.dialects import Statements, statements_for
+from chicory_backends.sql.engine import create_engine, translate_error
+from chicory_backends.sql.migrate import current_revision, upgrade_in_process
+from chicory_backends.sql.schema import SCHEMA_REVISION
+from chicory_backends.types import BackendStatus, TaskResult, TaskState, WorkerStats
+
+
+class DatabaseBackend(Backend):
+    """Results and heartbeats in PostgreSQL, MySQL/MariaDB, SQLite or SQL Server.
+
+    Every operation is one statement; writes are upserts with the terminal-state guard
+    inside, so concurrent writers of one task id never collide.
+    """
+
+    def __init__(self, config: SQLBackendConfig) -> None:
+        self.config = config
+        self._engine: AsyncEngine | None = None
+        self._statements: Statements | None = None
+        self._ttl = timedelta(seconds=config.result_ttl) if config.result_ttl else None
+
+    def __repr__(self) -> str:
+        state = "connected" if self._engine else "not connected"
+        return f"<{type(self).__name__} {self.config.sqlalchemy_url()!r} {state}>"
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        if self._engine is not None:
+            return
+        engine = create_engine(self.config)
+        try:
+            if self.config.auto_migrate:
+                await upgrade_in_process(self.config, engine)
+            async with engine.connect() as connection:
+                found = await current_revision(connection)
+        except Exception as error:
+            await engine.dispose()
+            raise translate_error(error, self.config) from None
+        if found != SCHEMA_REVISION:
+            await engine.dispose()
+            raise SchemaNotReadyError(found, SCHEMA_REVISION)
+        self._statements = statements_for(engine.dialect, self.config.cleanup_batch_size)
+        self._engine = engine
+
+    async def disconnect(self) -> None:
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            await engine.dispose()
+
+    # -- results ---------------------------------------------------------------------
+
+    async def set_state(self, task_id: str, state: TaskState) -> None:
+        stmts = self._require()
+        now = _utcnow()
+        await self._execute(
+            stmts.set_state,
+            {
+                "task_id": check_task_id(task_id),
+                "state": TaskState(state).value,
+                "created_at": now,
+                "updated_at": now,
+                "expires_at": self._expiry(now),
+            },
+        )
+
+    async def store_result(self, task_id: str, result: TaskResult) -> None:
+        stmts = self._require()
+        check_task_id(task_id)
+        now = _utcnow()
+        await self._execute(
+            stmts.store_result,
+            {
+                "task_id": task_id,
+                "state": TaskState(result.state).value,
+                "result": encode_value(task_id, result.result, self.config.max_result_bytes),
+                "error": result.error,
+                "traceback": result.traceback,
+                "created_at": now,
+                "updated_at": now,
+                "expires_at": self._expiry(now),
+            },
+        )
+
+    async def get_result(self, task_id: str) -> TaskResult | None:
+        stmts = self._require()
+        rows = await self._fetch(
+            stmts.get_result, {"task_id": check_task_id(task_id), "now": _utcnow()}
+        )
+        return build_result(*rows[0]) if rows else None
+
+    async def get_results(self, task_ids: Iterable[str]) -> dict[str, TaskResult]:
+        stmts = self._require()
+        wanted = list(dict.fromkeys(check_task_id(task_id) for task_id in task_ids))
+        if not wanted:
+            return {}
+        rows = await self._fetch(stmts.get_results, {"task_ids": wanted, "now": _utcnow()})
+        return {row[0]: build_result(*row) for row in rows}
+
+    async def delete_result(self, task_id: str) -> None:
+        stmts = self._require()
+        await self._execute(stmts.delete_result, {"task_id": check_task_id(task_id)})
+
+    async def cleanup_old_results(self, older_than_seconds: float = 86400) -> int:
+        """Delete expired results and those untouched for ``older_than_seconds``.
+
+        Works on a backend that was never connected (the cron line), deletes in bounded
+        batches, each its own short statement through an index, and returns the total.
+        """
+        if older_than_seconds < 0:
+            raise ValueError("older_than_seconds must not be negative")
+        async with self._connected_for_maintenance():
+            stmts = self._require()
+            now = _utcnow()
+            expired = await self._delete_in_batches(stmts.delete_expired_results, now)
+            old = await self._delete_in_batches(
+                stmts.delete_old_results, now - timedelta(seconds=older_than_seconds)
+            )
+            return expired + old
+
+    # -- heartbeats ------------------------------------------------------------------
+
+    async def store_heartbeat(self, worker_id: str, stats: WorkerStats, ttl: int = 30) -> None:
+        stmts = self._require()
+        now = _utcnow()
+        await self._execute(
+            stmts.store_heartbeat,
+            {
+                "worker_id": check_task_id(worker_id),
+                "stats": encode_stats(stats),
+                "updated_at": now,
+                "expires_at": now + timedelta(seconds=ttl),
+            },
+        )
+
+    async def get_heartbeat(self, worker_id: str) -> WorkerStats | None:
+        stmts = self._require()
+        rows = await self._fetch(
+            stmts.get_heartbeat, {"worker_id": check_task_id(worker_id), "now": _utcnow()}
+        )
+        return decode_stats(*rows[0]) if rows else None
+
+    async def get_active_workers(self) -> list[WorkerStats]:
+        stmts = self._require()
+        rows = await self._fetch(stmts.get_active_workers, {"now": _utcnow()})
+        return [decode_stats(*row) for row in rows]
+
+    async def cleanup_stale_clients(self, stale_seconds: float = 60.0) -> int:
+        async with self._connected_for_maintenance():
+            stmts = self._require()
+            cutoff = _utcnow() - timedelta(seconds=stale_seconds)
+            return await self._delete_in_batches(stmts.delete_stale_heartbeats, cutoff)
+
+    async def healthcheck(self) -> BackendStatus:
+        if self._engine is None:
+            return BackendStatus(connected=False, error="not connected")
+        started = time.perf_counter()
+        try:
+            await self._fetch(text("SELECT 1"), {})
+        except Exception as error:
+            return BackendStatus(connected=False, error=str(error))
+        return BackendStatus(
+            connected=True, latency_ms=round((time.perf_counter() - started) * 1000, 3)
+        )
+
+    # -- plumbing --------------------------------------------------------------------
+
+    def _require(self) -> Statements:
+        if self._statements is None or self._engine is None:
+            raise NotConnectedError(type(self).__name__)
+        return self._statements
+
+    def _expiry(self, now: datetime) -> datetime | None:
+        return now + self._ttl if self._ttl else None
+
+    async def _execute(self, statement: Executable, params: Mapping[str, Any]) -> int:
+        result = await self._run(statement, params, fetch=False)
+        assert isinstance(result, int)
+        return result
+
+    async def _fetch(self, statement: Executable, params: Mapping[str, Any]) -> list[Any]:
+        result = await self._run(statement, params, fetch=True)
+        assert isinstance(result, list)
+        return result
+
+    async def _run(
+        self, statement: Executable, params: Mapping[str, Any], *, fetch: bool
+    ) -> int | list[Any]:
+        """One statement on a pooled connection.
+
+        A connection the server dropped (restart, failover, idle timeout) is found on use
+        rather than by a pre-ping on every checkout; every statement here is idempotent, so
+        it is retried once on a fresh connection.
+        """
+        engine = self._engine
+        if engine is None:
+            raise NotConnectedError(type(self).__name__)
+        for attempt in (1, 2):
+            try:
+                async with engine.connect() as connection:
+                    result: CursorResult[Any] = await connection.execute(statement, params)
+                    return result.all() if fetch else result.rowcount
+            except (SQLAlchemyError, OSError) as error:
+                stale = isinstance(error, DBAPIError) and error.connection_invalidated
+                if attempt == 1 and stale:
+                    continue
+                raise translate_error(error, self.config) from None
+        raise AssertionError("unreachable")
+
+    async def _delete_in_batches(self, statement: Executable, cutoff: datetime) -> int:
+        total = 0
+        batch_size = self.config.cleanup_batch_size
+        while True:
+            deleted = await self._execute(statement, {"cutoff": cutoff})
+            total += deleted
+            if deleted < batch_size:
+                return total
+
+    def _connected_for_maintenance(self) -> _MaybeConnected:
+        return _MaybeConnected(self)
+
+
+class _MaybeConnected:
+    """Connects for one maintenance call when the backend was never connected (cron)."""
+
+    def __init__(self, backend: DatabaseBackend) -> None:
+        self._backend = backend
+        self._opened = False
+
+    async def __aenter__(self) -> None:
+        if self._backend._engine is None:
+            await self._backend.connect()
+            self._opened = True
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._opened:
+            await self._backend.disconnect()
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)

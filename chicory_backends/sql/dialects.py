@@ -1,0 +1,200 @@
+"""Every difference between SQL dialects, in one place.
+
+Each backend operation is one statement; this module builds those statements once per
+engine so that the hot path only binds parameters. PostgreSQL and SQLite share
+``INSERT .. ON CONFLICT``, MySQL/MariaDB use ``ON DUPLICATE KEY UPDATE`` and SQL Server
+``MERGE .. WITH (HOLDLOCK)``; the terminal-state guard is inside each of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    ColumnElement,
+    Executable,
+    Table,
+    bindparam,
+    case,
+    delete,
+    or_,
+    select,
+    text,
+)
+from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy.engine import Dialect
+
+from chicory_backends.sql.schema import task_results, worker_heartbeats
+from chicory_backends.types import TERMINAL_STATES
+
+TERMINAL = sorted(str(state) for state in TERMINAL_STATES)
+
+RESULT_INSERT_COLUMNS = (
+    "task_id", "state", "result", "error", "traceback", "created_at", "updated_at", "expires_at"
+)  # fmt: skip
+RESULT_UPDATE_COLUMNS = ("result", "error", "traceback", "updated_at", "expires_at", "state")
+STATE_INSERT_COLUMNS = ("task_id", "state", "created_at", "updated_at", "expires_at")
+STATE_UPDATE_COLUMNS = ("updated_at", "expires_at", "state")
+HEARTBEAT_COLUMNS = ("worker_id", "stats", "updated_at", "expires_at")
+
+
+@dataclass(frozen=True)
+class Statements:
+    """The prepared statements of one dialect; parameters are named after the columns."""
+
+    store_result: Executable
+    set_state: Executable
+    store_heartbeat: Executable
+    get_result: Executable
+    get_results: Executable
+    delete_result: Executable
+    get_heartbeat: Executable
+    get_active_workers: Executable
+    delete_expired_results: Executable
+    delete_old_results: Executable
+    delete_stale_heartbeats: Executable
+    lock_migrations: str | None
+    unlock_migrations: str | None
+
+
+def _may_write(existing_state: ColumnElement[Any], incoming_state: ColumnElement[Any]) -> Any:
+    """A terminal write always lands; a non-terminal one only over a non-terminal row."""
+    return or_(incoming_state.in_(TERMINAL), existing_state.not_in(TERMINAL))
+
+
+def _on_conflict_upsert(
+    insert_fn: Any, table: Table, insert_cols: Sequence[str], update_cols: Sequence[str],
+    guarded: bool,
+) -> Executable:  # fmt: skip
+    stmt = insert_fn(table).values({name: bindparam(name) for name in insert_cols})
+    key = [col.name for col in table.primary_key.columns]
+    where = _may_write(table.c.state, stmt.excluded.state) if guarded else None
+    return stmt.on_conflict_do_update(  # type: ignore[no-any-return]
+        index_elements=key,
+        set_={name: stmt.excluded[name] for name in update_cols},
+        where=where,
+    )
+
+
+def _mysql_upsert(
+    table: Table, insert_cols: Sequence[str], update_cols: Sequence[str], guarded: bool
+) -> Executable:
+    stmt = mysql.insert(table).values({name: bindparam(name) for name in insert_cols})
+    # MySQL applies the assignments left to right and later ones see earlier results, so
+    # the guard reads the old state only while ``state`` itself is assigned last.
+    may_write = _may_write(table.c.state, stmt.inserted.state) if guarded else None
+    assignments: list[tuple[str, Any]] = []
+    for name in update_cols:
+        new_value: Any = stmt.inserted[name]
+        if may_write is not None:
+            new_value = case((may_write, new_value), else_=table.c[name])
+        assignments.append((name, new_value))
+    return stmt.on_duplicate_key_update(assignments)
+
+
+def _mssql_merge(
+    table: Table, insert_cols: Sequence[str], update_cols: Sequence[str], guarded: bool
+) -> Executable:
+    # SQLAlchemy has no MERGE construct; HOLDLOCK makes the match-or-insert atomic.
+    key = [col.name for col in table.primary_key.columns]
+    source = ", ".join(f":{name} AS {name}" for name in insert_cols)
+    on = " AND ".join(f"t.{name} = s.{name}" for name in key)
+    terminal = ", ".join(f"'{state}'" for state in TERMINAL)
+    guard = f" AND (s.state IN ({terminal}) OR t.state NOT IN ({terminal}))" if guarded else ""
+    sets = ", ".join(f"{name} = s.{name}" for name in update_cols)
+    cols = ", ".join(insert_cols)
+    values = ", ".join(f"s.{name}" for name in insert_cols)
+    sql = (
+        f"MERGE {table.name} WITH (HOLDLOCK) AS t USING (SELECT {source}) AS s ON {on} "
+        f"WHEN MATCHED{guard} THEN UPDATE SET {sets} "
+        f"WHEN NOT MATCHED THEN INSERT ({cols}) VALUES ({values});"
+    )
+    return text(sql).bindparams(
+        *(bindparam(name, type_=table.c[name].type) for name in insert_cols)
+    )
+
+
+def _batched_delete(
+    table: Table, column: Column[Any], batch_size: int, use_delete_limit: bool
+) -> Executable:
+    """Delete at most ``batch_size`` rows with ``column < :cutoff``, found through its index."""
+    condition = column < bindparam("cutoff")
+    if use_delete_limit:  # MySQL refuses LIMIT inside an IN subquery, but has DELETE .. LIMIT
+        return delete(table).where(condition).with_dialect_options(mysql_limit=batch_size)
+    key = next(iter(table.primary_key.columns))
+    batch = select(key).where(condition).limit(batch_size)
+    return delete(table).where(key.in_(batch.scalar_subquery()))
+
+
+# Expired rows are invisible from the moment they expire, before any cleanup reclaims them.
+_select_results = select(
+    task_results.c.task_id,
+    task_results.c.state,
+    task_results.c.result,
+    task_results.c.error,
+    task_results.c.traceback,
+).where(or_(task_results.c.expires_at.is_(None), task_results.c.expires_at > bindparam("now")))
+_select_heartbeats = select(worker_heartbeats.c.worker_id, worker_heartbeats.c.stats).where(
+    worker_heartbeats.c.expires_at > bindparam("now")
+)
+
+
+def statements_for(dialect: Dialect, cleanup_batch_size: int = 5000) -> Statements:
+    name = dialect.name
+    if name in ("postgresql", "sqlite"):
+        insert_fn = postgresql.insert if name == "postgresql" else sqlite.insert
+
+        def upsert(table: Table, ins: Sequence[str], upd: Sequence[str], guarded: bool) -> Any:
+            return _on_conflict_upsert(insert_fn, table, ins, upd, guarded)
+    elif name in ("mysql", "mariadb"):
+        upsert = _mysql_upsert
+    elif name == "mssql":
+        upsert = _mssql_merge
+    else:
+        raise NotImplementedError(f"no statements for SQL dialect {name!r}")
+
+    use_delete_limit = name in ("mysql", "mariadb")
+    locks: dict[str, tuple[str, str]] = {
+        "postgresql": (
+            "SELECT pg_advisory_lock(7241033310417)",
+            "SELECT pg_advisory_unlock(7241033310417)",
+        ),
+        "mysql": (
+            "SELECT GET_LOCK('chicory_backends_migrate', 600)",
+            "SELECT RELEASE_LOCK('chicory_backends_migrate')",
+        ),
+        "mssql": (
+            "EXEC sp_getapplock @Resource = 'chicory_backends_migrate', "
+            "@LockMode = 'Exclusive', @LockOwner = 'Session', @LockTimeout = 600000",
+            "EXEC sp_releaseapplock @Resource = 'chicory_backends_migrate', @LockOwner = 'Session'",
+        ),
+    }
+    lock, unlock = locks.get("mysql" if name == "mariadb" else name, (None, None))
+    return Statements(
+        store_result=upsert(task_results, RESULT_INSERT_COLUMNS, RESULT_UPDATE_COLUMNS, True),
+        set_state=upsert(task_results, STATE_INSERT_COLUMNS, STATE_UPDATE_COLUMNS, True),
+        store_heartbeat=upsert(worker_heartbeats, HEARTBEAT_COLUMNS, HEARTBEAT_COLUMNS[1:], False),
+        get_result=_select_results.where(task_results.c.task_id == bindparam("task_id")),
+        get_results=_select_results.where(
+            task_results.c.task_id.in_(bindparam("task_ids", expanding=True))
+        ),
+        delete_result=delete(task_results).where(task_results.c.task_id == bindparam("task_id")),
+        get_heartbeat=_select_heartbeats.where(
+            worker_heartbeats.c.worker_id == bindparam("worker_id")
+        ),
+        get_active_workers=_select_heartbeats.order_by(worker_heartbeats.c.worker_id),
+        delete_expired_results=_batched_delete(
+            task_results, task_results.c.expires_at, cleanup_batch_size, use_delete_limit
+        ),
+        delete_old_results=_batched_delete(
+            task_results, task_results.c.updated_at, cleanup_batch_size, use_delete_limit
+        ),
+        delete_stale_heartbeats=_batched_delete(
+            worker_heartbeats, worker_heartbeats.c.expires_at, cleanup_batch_size, use_delete_limit
+        ),
+        lock_migrations=lock,
+        unlock_migrations=unlock,
+    )

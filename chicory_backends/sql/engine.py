@@ -1,0 +1,173 @@
+"""From a config to one async engine, and from driver exceptions to ours."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+from sqlalchemy import event, exc
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import StaticPool
+
+from chicory_backends.config import (
+    MSSQLBackendConfig,
+    MySQLBackendConfig,
+    PostgresBackendConfig,
+    SQLBackendConfig,
+    SQLiteBackendConfig,
+)
+from chicory_backends.errors import (
+    BackendUnreachableError,
+    ChicoryBackendError,
+    DatabaseError,
+    PoolExhaustedError,
+    SchemaNotReadyError,
+)
+from chicory_backends.sql.schema import SCHEMA_REVISION
+
+
+def _pass_through(value: Any) -> Any:
+    # The backend encodes and decodes JSON itself (strictly, once, with errors that name
+    # the task); the JSON column only carries the text.
+    return value
+
+
+def _unique_statement_name() -> str:
+    return f"__chicory_{uuid.uuid4().hex}__"
+
+
+def is_memory_sqlite(database: str | None) -> bool:
+    return not database or database == ":memory:" or "mode=memory" in database
+
+
+def create_engine(config: SQLBackendConfig, *, autocommit: bool = True) -> AsyncEngine:
+    """The one engine a backend uses.
+
+    AUTOCOMMIT: every backend operation is a single statement, so the driver needs no
+    BEGIN/COMMIT around it and the pool no ROLLBACK when a connection comes back.
+    No pre-ping either: a connection the server dropped is invalidated on first use and
+    the operation retried once on a fresh one (see DatabaseBackend._execute).
+    """
+    url = config.sqlalchemy_url()
+    options: dict[str, Any] = {
+        "echo": config.echo,
+        "json_serializer": _pass_through,
+        "json_deserializer": _pass_through,
+    }
+    if autocommit:
+        options["isolation_level"] = "AUTOCOMMIT"
+        options["pool_reset_on_return"] = None
+    connect_args: dict[str, Any] = {}
+    if isinstance(config, SQLiteBackendConfig):
+        if is_memory_sqlite(url.database):
+            options["poolclass"] = StaticPool
+    else:
+        options.update(
+            pool_size=config.pool_size,
+            max_overflow=config.max_overflow,
+            pool_timeout=config.pool_timeout,
+            pool_recycle=config.pool_recycle,
+        )
+    if isinstance(config, PostgresBackendConfig):
+        connect_args["timeout"] = config.connect_timeout
+        connect_args["server_settings"] = {"application_name": "chicory-backends"}
+        if config.ssl:
+            connect_args["ssl"] = config.ssl
+        if config.pgbouncer:
+            # Transaction pooling hands each statement to any server connection: named
+            # prepared statements must be unique and never cached across calls.
+            connect_args["prepared_statement_name_func"] = _unique_statement_name
+            connect_args["prepared_statement_cache_size"] = 0
+            connect_args["statement_cache_size"] = 0
+    elif isinstance(config, MySQLBackendConfig):
+        connect_args["connect_timeout"] = config.connect_timeout
+        if "charset" not in url.query:
+            url = url.update_query_dict({"charset": "utf8mb4"})
+    elif isinstance(config, MSSQLBackendConfig):
+        options["deprecate_large_types"] = True
+        connect_args["timeout"] = int(config.connect_timeout)
+    if connect_args:
+        options["connect_args"] = connect_args
+
+    engine = create_async_engine(url, **options)
+    if isinstance(config, SQLiteBackendConfig):
+        _install_sqlite_pragmas(engine, config, in_memory=is_memory_sqlite(url.database))
+    return engine
+
+
+def _install_sqlite_pragmas(
+    engine: AsyncEngine, config: SQLiteBackendConfig, *, in_memory: bool
+) -> None:
+    # WAL lets readers run beside the writer; busy_timeout makes a second writer (another
+    # worker process) wait for the lock instead of failing with "database is locked".
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {int(config.busy_timeout_ms)}")
+        if not in_memory:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.close()
+
+
+def translate_error(error: BaseException, config: SQLBackendConfig) -> ChicoryBackendError:
+    """Our error for a driver or pool failure; its message never carries the password."""
+    if isinstance(error, ChicoryBackendError):
+        return error
+    if isinstance(error, exc.TimeoutError):  # the pool's, not the server's
+        return PoolExhaustedError(config.pool_size, config.max_overflow, config.pool_timeout)
+    if is_unreachable(error):
+        return BackendUnreachableError(config.address(), _reason(error))
+    if isinstance(error, exc.ProgrammingError | exc.OperationalError) and _names_missing_table(
+        error
+    ):
+        return SchemaNotReadyError(None, SCHEMA_REVISION)
+    return DatabaseError(f"database error: {_reason(error)}")
+
+
+def _names_missing_table(error: exc.DBAPIError) -> bool:
+    text = str(error.orig).lower()
+    return any(
+        hint in text
+        for hint in ("no such table", "does not exist", "doesn't exist", "invalid object name")
+    )
+
+
+def is_unreachable(error: BaseException) -> bool:
+    if isinstance(error, OSError | asyncio.TimeoutError | ConnectionError):
+        return True
+    if isinstance(error, exc.DBAPIError):
+        if error.connection_invalidated:
+            return True
+        return isinstance(error, exc.OperationalError | exc.InterfaceError) and _looks_unreachable(
+            error
+        )
+    return False
+
+
+_UNREACHABLE_HINTS = (
+    "connect",
+    "refused",
+    "closed",
+    "lost connection",
+    "gone away",
+    "timeout",
+    "timed out",
+    "broken pipe",
+    "reset by peer",
+    "shutting down",
+    "terminat",
+    "unable to open",
+)
+
+
+def _looks_unreachable(error: exc.DBAPIError) -> bool:
+    text = str(error.orig).lower()
+    return any(hint in text for hint in _UNREACHABLE_HINTS)
+
+
+def _reason(error: BaseException) -> str:
+    orig = error.orig if isinstance(error, exc.DBAPIError) and error.orig is not None else error
+    text = str(orig).splitlines()[0] if str(orig) else ""
+    return f"{type(orig).__name__}: {text}" if text else type(orig).__name__

@@ -1,0 +1,101 @@
+"""The two tables, written once for every dialect; per-dialect column types are variants here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    Index,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    UnicodeText,
+)
+from sqlalchemy.dialects import mssql, mysql, postgresql
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeEngine
+
+# The Alembic revision these tables correspond to; connect() refuses any other.
+SCHEMA_REVISION = "0001"
+
+metadata = MetaData()
+
+# Microseconds and UTC on every dialect: MySQL's plain DATETIME drops fractions, and
+# SQL Server's DATETIME rounds to 3 ms.
+UtcDateTime = (
+    DateTime(timezone=True)
+    .with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+    .with_variant(mssql.DATETIMEOFFSET(precision=6), "mssql")
+)
+
+# JSON text the backend encodes itself (strictly, once); JSONB on PostgreSQL so it can be
+# queried, JSON on MySQL, NVARCHAR(MAX) on SQL Server, TEXT on SQLite.
+JsonDocument = (
+    JSON()
+    .with_variant(postgresql.JSONB(), "postgresql")
+    .with_variant(mssql.NVARCHAR(None), "mssql")
+    .with_variant(Text(), "sqlite")
+)
+
+LongText = (
+    UnicodeText()
+    .with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
+    .with_variant(mssql.NVARCHAR(None), "mssql")
+)
+
+# Ids compare byte for byte everywhere: MySQL's default collations are case-insensitive
+# and MariaDB's _bin ones ignore trailing spaces, either of which would merge two tasks.
+# (255 utf8mb4 characters are 1020 bytes, within InnoDB's 3072-byte key limit.)
+
+
+class IdString(TypeDecorator[str]):
+    """VARCHAR(255), with a byte-exact, no-pad collation on MySQL and MariaDB.
+
+    The collation has a different name on each, and SQLAlchemy's mysql dialect serves
+    both, so it is chosen from the connected server rather than the URL.
+    """
+
+    impl = String(255)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name in ("mysql", "mariadb"):
+            mariadb = getattr(dialect, "is_mariadb", False) or dialect.name == "mariadb"
+            collation = "utf8mb4_nopad_bin" if mariadb else "utf8mb4_0900_bin"
+            return dialect.type_descriptor(
+                mysql.VARCHAR(255, charset="utf8mb4", collation=collation)
+            )
+        return dialect.type_descriptor(String(255))
+
+
+task_results = Table(
+    "chicory_task_results",
+    metadata,
+    Column("task_id", IdString(), primary_key=True),
+    Column("state", String(16), nullable=False),
+    Column("result", JsonDocument, nullable=True),
+    Column("error", LongText, nullable=True),
+    Column("traceback", LongText, nullable=True),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    Column("expires_at", UtcDateTime, nullable=True),
+    Index("ix_chicory_task_results_updated_at", "updated_at"),
+    Index("ix_chicory_task_results_expires_at", "expires_at"),
+    mysql_charset="utf8mb4",
+)
+
+worker_heartbeats = Table(
+    "chicory_worker_heartbeats",
+    metadata,
+    Column("worker_id", IdString(), primary_key=True),
+    Column("stats", JsonDocument, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    Column("expires_at", UtcDateTime, nullable=False),
+    Index("ix_chicory_worker_heartbeats_expires_at", "expires_at"),
+    mysql_charset="utf8mb4",
+)

@@ -1,0 +1,75 @@
+"""Alembic environment for chicory-backends.
+
+The database is the one the library would use (CHICORY_BACKEND_TYPE and its
+CHICORY_BACKEND_<TYPE>_* variables), unless ``-x url=...`` names another. When the
+library upgrades in-process (auto_migrate), it hands its connection over in
+``config.attributes["connection"]`` because an event loop is already running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from alembic import context
+from sqlalchemy import Connection
+
+from chicory_backends.config import SQLBackendConfig
+from chicory_backends.factory import config_for, sql_config_from_url
+from chicory_backends.sql.engine import create_engine
+from chicory_backends.sql.migrate import VERSION_TABLE, migration_lock
+from chicory_backends.sql.schema import metadata
+
+config = context.config
+
+
+def _backend_config() -> SQLBackendConfig:
+    url = context.get_x_argument(as_dictionary=True).get("url") or config.get_main_option(
+        "sqlalchemy.url"
+    )
+    if url:
+        return sql_config_from_url(url)
+    backend_config = config_for()
+    if not isinstance(backend_config, SQLBackendConfig):
+        raise SystemExit("alembic migrates SQL backends only: CHICORY_BACKEND_TYPE is redis")
+    return backend_config
+
+
+def _configure(**kwargs: object) -> None:
+    context.configure(
+        target_metadata=metadata,
+        version_table=VERSION_TABLE,
+        compare_type=True,
+        render_as_batch=True,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def run_offline() -> None:
+    _configure(url=_backend_config().sqlalchemy_url(), literal_binds=True)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_on(connection: Connection) -> None:
+    with migration_lock(connection):
+        _configure(connection=connection)
+        with context.begin_transaction():
+            context.run_migrations()
+        connection.commit()
+
+
+async def run_async() -> None:
+    engine = create_engine(_backend_config(), autocommit=False)
+    try:
+        async with engine.connect() as connection:
+            await connection.run_sync(run_on)
+    finally:
+        await engine.dispose()
+
+
+if context.is_offline_mode():
+    run_offline()
+elif (shared := config.attributes.get("connection")) is not None:
+    run_on(shared)
+else:
+    asyncio.run(run_async())

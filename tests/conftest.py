@@ -1,0 +1,73 @@
+"""Fixtures shared by the suite: one contract, every backend, real servers."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import delete
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from sql_databases import SQL_KINDS, migrated_database  # noqa: E402
+
+from chicory_backends.base import Backend  # noqa: E402
+from chicory_backends.config import SQLBackendConfig  # noqa: E402
+from chicory_backends.sql.backend import DatabaseBackend  # noqa: E402
+from chicory_backends.sql.schema import task_results, worker_heartbeats  # noqa: E402
+
+CONTRACT_KINDS = SQL_KINDS
+
+MakeBackend = Callable[..., Awaitable[Backend]]
+
+
+@pytest.fixture(scope="session")
+def sql_databases() -> Iterator[Callable[[str], SQLBackendConfig]]:
+    """Migrated test databases, created on first use and kept for the session."""
+    configs: dict[str, SQLBackendConfig] = {}
+    with ExitStack() as stack:
+
+        def get(kind: str) -> SQLBackendConfig:
+            if kind not in configs:
+                configs[kind] = stack.enter_context(migrated_database(kind, "chicory_test"))
+            return configs[kind]
+
+        yield get
+
+
+async def _empty_tables(backend: DatabaseBackend) -> None:
+    assert backend._engine is not None
+    async with backend._engine.connect() as connection:
+        await connection.execute(delete(task_results))
+        await connection.execute(delete(worker_heartbeats))
+
+
+@pytest.fixture(params=CONTRACT_KINDS)
+async def make_backend(
+    request: pytest.FixtureRequest, sql_databases: Callable[[str], SQLBackendConfig]
+) -> AsyncIterator[MakeBackend]:
+    """Connected backends of one kind, with config overrides; all start from empty storage."""
+    kind: str = request.param
+    opened: list[Backend] = []
+
+    async def make(**overrides: Any) -> Backend:
+        config = sql_databases(kind).model_copy(update=overrides)
+        backend = DatabaseBackend(config)
+        await backend.connect()
+        if not opened:
+            await _empty_tables(backend)
+        opened.append(backend)
+        return backend
+
+    yield make
+    for backend in opened:
+        await backend.disconnect()
+
+
+@pytest.fixture
+async def backend(make_backend: MakeBackend) -> Backend:
+    return await make_backend()
