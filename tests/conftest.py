@@ -13,7 +13,7 @@ from sqlalchemy import delete
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from sql_databases import SQL_KINDS, migrated_database  # noqa: E402
+from sql_databases import SQL_KINDS, migrated_database, run_database_name  # noqa: E402
 
 from chicory_backends.base import Backend  # noqa: E402
 from chicory_backends.config import SQLBackendConfig  # noqa: E402
@@ -33,7 +33,9 @@ def sql_databases() -> Iterator[Callable[[str], SQLBackendConfig]]:
 
         def get(kind: str) -> SQLBackendConfig:
             if kind not in configs:
-                configs[kind] = stack.enter_context(migrated_database(kind, "chicory_test"))
+                configs[kind] = stack.enter_context(
+                    migrated_database(kind, run_database_name("test"))
+                )
             return configs[kind]
 
         yield get

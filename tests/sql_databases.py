@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import tempfile
 from collections.abc import Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -37,20 +38,35 @@ def _address(url: str) -> tuple[str, int]:
     return parsed.host or "127.0.0.1", parsed.port or 0
 
 
-async def recreate_database(admin_url: str, name: str) -> str:
-    """Drop and create database ``name`` on the server of ``admin_url``; return its URL."""
+async def _drop_and_create(admin_url: str, name: str, *, create: bool) -> None:
     engine = create_async_engine(admin_url, isolation_level="AUTOCOMMIT")
-    quoted = f'"{name}"' if admin_url.startswith("postgresql") else f"`{name}`"
+    postgres = admin_url.startswith("postgresql")
+    quoted = f'"{name}"' if postgres else f"`{name}`"
     try:
         async with engine.connect() as connection:
-            if admin_url.startswith("postgresql"):
-                await connection.execute(text(f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"))
-            else:
-                await connection.execute(text(f"DROP DATABASE IF EXISTS {quoted}"))
-            await connection.execute(text(f"CREATE DATABASE {quoted}"))
+            force = " WITH (FORCE)" if postgres else ""
+            await connection.execute(text(f"DROP DATABASE IF EXISTS {quoted}{force}"))
+            if create:
+                await connection.execute(text(f"CREATE DATABASE {quoted}"))
     finally:
         await engine.dispose()
+
+
+def run_database_name(purpose: str) -> str:
+    """Unique per test process, so that concurrent runs never drop each other's data."""
+    return f"chicory_{purpose}_{os.getpid()}"
+
+
+async def recreate_database(admin_url: str, name: str) -> str:
+    """Drop and create database ``name`` on the server of ``admin_url``; return its URL."""
+    await _drop_and_create(admin_url, name, create=True)
     return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+
+
+def drop_database(kind: str, name: str) -> None:
+    if kind in ("postgres", "mysql"):
+        admin = POSTGRES_ADMIN_URL if kind == "postgres" else MYSQL_ADMIN_URL
+        run_blocking(_drop_and_create(admin, name, create=False))
 
 
 def require_server(kind: str) -> None:
@@ -84,4 +100,7 @@ def migrated_database(kind: str, database: str) -> Iterator[SQLBackendConfig]:
             pass
 
     run_blocking(migrate())
-    yield config.model_copy(update={"auto_migrate": False})
+    try:
+        yield config.model_copy(update={"auto_migrate": False})
+    finally:
+        drop_database(kind, database)

@@ -115,7 +115,9 @@ async def test_terminal_write_always_lands(backend: Backend) -> None:
 
 async def test_set_state_keeps_an_unfinished_result(backend: Backend) -> None:
     task_id = new_id()
-    await backend.store_result(task_id, TaskResult(task_id=task_id, state=TaskState.RETRY, error="x"))
+    await backend.store_result(
+        task_id, TaskResult(task_id=task_id, state=TaskState.RETRY, error="x")
+    )
     await backend.set_state(task_id, TaskState.STARTED)
     got = await backend.get_result(task_id)
     assert got is not None and got.state is TaskState.STARTED and got.error == "x"
@@ -181,7 +183,9 @@ async def test_heartbeats(backend: Backend) -> None:
         await backend.store_heartbeat(worker_id, stats(worker_id, n), ttl=60)
     await backend.store_heartbeat(alive[0], stats(alive[0], 99), ttl=60)
     got = await backend.get_heartbeat(alive[0])
-    assert got == stats(alive[0], 99).model_copy(update={"last_heartbeat": got and got.last_heartbeat})
+    assert got == stats(alive[0], 99).model_copy(
+        update={"last_heartbeat": got and got.last_heartbeat}
+    )
     active = {w.worker_id: w for w in await backend.get_active_workers()}
     assert set(active) == set(alive)
     assert active[alive[3]].tasks_processed == 3
