@@ -221,7 +221,7 @@ class DatabaseBackend(Backend):
             try:
                 async with engine.connect() as connection:
                     result: CursorResult[Any] = await connection.execute(statement, params)
-                    return result.all() if fetch else result.rowcount
+                    return list(result.all()) if fetch else result.rowcount
             except (SQLAlchemyError, OSError) as error:
                 stale = isinstance(error, DBAPIError) and error.connection_invalidated
                 if attempt == 1 and stale:

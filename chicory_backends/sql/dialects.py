@@ -8,7 +8,7 @@ engine so that the hot path only binds parameters. PostgreSQL and SQLite share
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -144,10 +144,13 @@ _select_heartbeats = select(worker_heartbeats.c.worker_id, worker_heartbeats.c.s
 
 def statements_for(dialect: Dialect, cleanup_batch_size: int = 5000) -> Statements:
     name = dialect.name
+    upsert: Callable[[Table, Sequence[str], Sequence[str], bool], Executable]
     if name in ("postgresql", "sqlite"):
         insert_fn = postgresql.insert if name == "postgresql" else sqlite.insert
 
-        def upsert(table: Table, ins: Sequence[str], upd: Sequence[str], guarded: bool) -> Any:
+        def upsert(
+            table: Table, ins: Sequence[str], upd: Sequence[str], guarded: bool
+        ) -> Executable:
             return _on_conflict_upsert(insert_fn, table, ins, upd, guarded)
     elif name in ("mysql", "mariadb"):
         upsert = _mysql_upsert

@@ -30,7 +30,7 @@ metadata = MetaData()
 UtcDateTime = (
     DateTime(timezone=True)
     .with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
-    .with_variant(mssql.DATETIMEOFFSET(precision=6), "mssql")
+    .with_variant(mssql.DATETIMEOFFSET(precision=6), "mssql")  # type: ignore[no-untyped-call]
 )
 
 # JSON text the backend encodes itself (strictly, once); JSONB on PostgreSQL so it can be

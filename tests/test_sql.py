@@ -1,0 +1,273 @@
+"""What the SQL backend promises beyond the contract: statements, cleanup, errors, dialects."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from services import free_port
+from sqlalchemy import event, func, insert, select, text
+from sqlalchemy.dialects import mssql
+from sqlalchemy.schema import CreateTable
+
+from chicory_backends import (
+    BackendUnreachableError,
+    PoolExhaustedError,
+    TaskResult,
+    TaskState,
+)
+from chicory_backends.config import (
+    MSSQLBackendConfig,
+    MySQLBackendConfig,
+    PostgresBackendConfig,
+    SQLiteBackendConfig,
+)
+from chicory_backends.sql.backend import DatabaseBackend
+from chicory_backends.sql.dialects import statements_for
+from chicory_backends.sql.schema import task_results
+
+SECRET = "pa55-Zq9-distinctive"
+
+
+@contextmanager
+def counted_statements(backend: DatabaseBackend) -> Iterator[list[str]]:
+    assert backend._engine is not None
+    seen: list[str] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        seen.append(statement)
+
+    target = backend._engine.sync_engine
+    event.listen(target, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(target, "before_cursor_execute", record)
+
+
+async def test_each_operation_is_one_statement(backend: DatabaseBackend) -> None:
+    task_id = f"t-{uuid.uuid4()}"
+    result = TaskResult(task_id=task_id, state=TaskState.SUCCESS, result={"value": 1})
+    await backend.get_result(task_id)  # warm the pool: connecting runs set-up queries
+    operations = [
+        backend.set_state(task_id, TaskState.STARTED),
+        backend.store_result(task_id, result),
+        backend.get_result(task_id),
+        backend.get_results([task_id, "other"]),
+        backend.delete_result(task_id),
+    ]
+    for operation in operations:
+        with counted_statements(backend) as seen:
+            await operation
+        assert len(seen) == 1, seen
+        assert not any(s.strip().upper().startswith(("BEGIN", "COMMIT")) for s in seen)
+
+
+async def _insert_rows(
+    backend: DatabaseBackend, count: int, updated: datetime, expires: datetime | None
+) -> None:
+    assert backend._engine is not None
+    rows = [
+        {
+            "task_id": f"old-{uuid.uuid4()}",
+            "state": "SUCCESS",
+            "result": None,
+            "error": None,
+            "traceback": None,
+            "created_at": updated,
+            "updated_at": updated,
+            "expires_at": expires,
+        }
+        for _ in range(count)
+    ]
+    async with backend._engine.connect() as connection:
+        await connection.execute(insert(task_results), rows)
+
+
+async def test_cleanup_deletes_in_bounded_batches(make_backend) -> None:  # type: ignore[no-untyped-def]
+    backend = await make_backend(cleanup_batch_size=10)
+    now = datetime.now(UTC)
+    await _insert_rows(backend, 25, now - timedelta(days=2), None)  # old
+    await _insert_rows(backend, 12, now, now - timedelta(seconds=5))  # expired
+    keep = f"t-{uuid.uuid4()}"
+    await backend.store_result(keep, TaskResult(task_id=keep, state=TaskState.SUCCESS))
+    with counted_statements(backend) as seen:
+        deleted = await backend.cleanup_old_results(older_than_seconds=86400)
+    assert deleted == 37
+    # 12 expired: batches of 10 + 2; 25 old: 10 + 10 + 5
+    deletes = [s for s in seen if s.lstrip().upper().startswith("DELETE")]
+    assert len(deletes) == 5 and len(seen) == 5
+    assert await backend.get_result(keep) is not None
+    assert await backend.cleanup_old_results(older_than_seconds=86400) == 0
+
+
+async def test_cleanup_on_a_never_connected_backend(backend: DatabaseBackend) -> None:
+    await _insert_rows(backend, 3, datetime.now(UTC) - timedelta(days=3), None)
+    cron = DatabaseBackend(backend.config)
+    assert await cron.cleanup_old_results(86400) == 3
+    assert cron._engine is None  # it closed what it opened
+    assert await DatabaseBackend(backend.config).cleanup_stale_clients(60) == 0
+
+
+async def test_timestamps_keep_microseconds(backend: DatabaseBackend) -> None:
+    assert backend._engine is not None
+    moment = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
+    await _insert_rows(backend, 1, moment, None)
+    async with backend._engine.connect() as connection:
+        stored = (
+            await connection.execute(select(func.max(task_results.c.updated_at)))
+        ).scalar_one()
+    assert stored.replace(tzinfo=UTC) == moment
+
+
+@pytest.mark.parametrize("kind", ["postgres", "mysql"])
+async def test_pool_exhaustion_is_reported_then_recovers(sql_databases, kind: str) -> None:  # type: ignore[no-untyped-def]
+    config = sql_databases(kind).model_copy(
+        update={"pool_size": 1, "max_overflow": 0, "pool_timeout": 0.2}
+    )
+    async with DatabaseBackend(config) as backend:
+        assert backend._engine is not None
+        holder = await backend._engine.connect()
+        try:
+            with pytest.raises(PoolExhaustedError, match="pool_size=1"):
+                await backend.get_result("anything")
+        finally:
+            await holder.close()
+        assert await backend.get_result("anything") is None
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        PostgresBackendConfig(host="127.0.0.1", username="u", password=SECRET, connect_timeout=3),
+        MySQLBackendConfig(host="127.0.0.1", username="u", password=SECRET, connect_timeout=3),
+    ],
+    ids=["postgres", "mysql"],
+)
+async def test_closed_port_is_unreachable_fast(config: PostgresBackendConfig) -> None:
+    port = free_port()
+    config = config.model_copy(update={"port": port})
+    started = time.monotonic()
+    with pytest.raises(BackendUnreachableError) as raised:
+        await DatabaseBackend(config).connect()
+    assert time.monotonic() - started < 5
+    assert f"127.0.0.1:{port}" in str(raised.value)
+    assert SECRET not in str(raised.value) and SECRET not in repr(raised.value)
+    assert SECRET not in repr(config) and SECRET not in repr(DatabaseBackend(config))
+
+
+def _freetds_installed() -> bool:
+    try:
+        import pyodbc
+    except ImportError:
+        return False
+    return "FreeTDS" in pyodbc.drivers()
+
+
+async def test_mssql_closed_port_is_unreachable_fast() -> None:
+    if not _freetds_installed():
+        pytest.skip("no ODBC driver for SQL Server (Debian: tdsodbc unixodbc)")
+    port = free_port()
+    config = MSSQLBackendConfig(
+        host="127.0.0.1", port=port, password=SECRET, driver="FreeTDS", connect_timeout=3
+    )
+    started = time.monotonic()
+    with pytest.raises(BackendUnreachableError, match=f"127.0.0.1:{port}") as raised:
+        await DatabaseBackend(config).connect()
+    assert time.monotonic() - started < 10
+    assert SECRET not in str(raised.value)
+
+
+def test_mssql_statements_compile() -> None:
+    dialect = mssql.dialect(deprecate_large_types=True)
+    ddl = str(CreateTable(task_results).compile(dialect=dialect))
+    assert "DATETIMEOFFSET(6)" in ddl and "NVARCHAR(max)" in ddl
+    assert " TEXT" not in ddl and "NTEXT" not in ddl
+    merge = str(statements_for(dialect).store_result.compile(dialect=dialect))
+    assert merge.startswith("MERGE chicory_task_results WITH (HOLDLOCK)")
+    assert "WHEN MATCHED AND (s.state IN ('DEAD_LETTERED', 'FAILURE', 'SUCCESS')" in merge
+    assert "WHEN NOT MATCHED THEN INSERT" in merge
+    cleanup = str(statements_for(dialect, 500).delete_old_results.compile(dialect=dialect))
+    assert "TOP 500" in cleanup or "TOP __[POSTCOMPILE" in cleanup
+
+
+async def test_sqlite_is_wal_with_busy_timeout(sql_databases) -> None:  # type: ignore[no-untyped-def]
+    backend = DatabaseBackend(sql_databases("sqlite"))
+    async with backend:
+        assert backend._engine is not None
+        async with backend._engine.connect() as connection:
+            mode = (await connection.execute(text("PRAGMA journal_mode"))).scalar_one()
+            timeout = (await connection.execute(text("PRAGMA busy_timeout"))).scalar_one()
+    assert mode == "wal" and timeout == 5000
+
+
+async def test_sqlite_in_memory_works() -> None:
+    backend = DatabaseBackend(SQLiteBackendConfig(file_path=":memory:", auto_migrate=True))
+    async with backend:
+        await backend.store_result("m", TaskResult(task_id="m", state=TaskState.SUCCESS, result=1))
+        got = await backend.get_result("m")
+        assert got is not None and got.result == 1
+
+
+_WRITER = """
+import asyncio, sys
+from chicory_backends import TaskResult, TaskState
+from chicory_backends.config import SQLiteBackendConfig
+from chicory_backends.sql.backend import DatabaseBackend
+
+async def main(path, name):
+    backend = DatabaseBackend(SQLiteBackendConfig(file_path=path))
+    async with backend:
+        for i in range(300):
+            task_id = f"{name}-{i}"
+            await backend.set_state(task_id, TaskState.STARTED)
+            result = TaskResult(task_id=task_id, state=TaskState.SUCCESS, result=i)
+            await backend.store_result(task_id, result)
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+async def test_two_processes_write_one_sqlite_file(sql_databases) -> None:  # type: ignore[no-untyped-def]
+    path = sql_databases("sqlite").sqlalchemy_url().database
+    writers = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            _WRITER,
+            path,
+            f"proc{n}-{uuid.uuid4()}",
+            stderr=subprocess.PIPE,
+        )
+        for n in range(2)
+    ]
+    outputs = [await writer.communicate() for writer in writers]
+    for writer, (_, stderr) in zip(writers, outputs, strict=True):
+        assert writer.returncode == 0, stderr.decode()
+        assert b"locked" not in stderr
+    backend = DatabaseBackend(sql_databases("sqlite"))
+    async with backend:
+        assert backend._engine is not None
+        async with backend._engine.connect() as connection:
+            count = (
+                await connection.execute(
+                    select(func.count()).where(task_results.c.task_id.like("proc%"))
+                )
+            ).scalar_one()
+    assert count == 600
+
+
+def test_package_ships_no_pickle_or_eval() -> None:
+    package = Path(__file__).resolve().parent.parent / "chicory_backends"
+    for source in package.rglob("*.py"):
+        code = source.read_text()
+        for banned in ("import pickle", "import marshal", "eval(", "exec("):
+            assert banned not in code, f"{banned} in {source}"
