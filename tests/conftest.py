@@ -13,12 +13,12 @@ from sqlalchemy import delete
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from sql_databases import SQL_KINDS, migrated_database, run_database_name  # noqa: E402
+from sql_databases import SQL_KINDS, migrated_database, run_database_name
 
-from chicory_backends.base import Backend  # noqa: E402
-from chicory_backends.config import SQLBackendConfig  # noqa: E402
-from chicory_backends.sql.backend import DatabaseBackend  # noqa: E402
-from chicory_backends.sql.schema import task_results, worker_heartbeats  # noqa: E402
+from chicory_backends.base import Backend
+from chicory_backends.config import SQLBackendConfig
+from chicory_backends.sql.backend import DatabaseBackend
+from chicory_backends.sql.schema import task_results, worker_heartbeats
 
 CONTRACT_KINDS = SQL_KINDS
 
