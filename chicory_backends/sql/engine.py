@@ -58,6 +58,9 @@ def create_engine(config: SQLBackendConfig, *, autocommit: bool = True) -> Async
     if autocommit:
         options["isolation_level"] = "AUTOCOMMIT"
         options["pool_reset_on_return"] = None
+        # Without it the driver's rollback() still runs when a connection is released,
+        # and aiomysql sends that ROLLBACK to the server: a second round trip per call.
+        options["skip_autocommit_rollback"] = True
     connect_args: dict[str, Any] = {}
     if isinstance(config, SQLiteBackendConfig):
         if is_memory_sqlite(url.database):
