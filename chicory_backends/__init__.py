@@ -1,5 +1,7 @@
 """Result and worker-metadata storage for the Chicory task queue."""
 
+from typing import TYPE_CHECKING
+
 from chicory_backends.base import Backend
 from chicory_backends.config import (
     MSSQLBackendConfig,
@@ -29,6 +31,19 @@ from chicory_backends.types import (
     WorkerStats,
 )
 
+if TYPE_CHECKING:
+    from chicory_backends.redis import RedisBackend
+
+
+def __getattr__(name: str) -> object:
+    # RedisBackend needs the optional redis package: import it only when asked for.
+    if name == "RedisBackend":
+        from chicory_backends.redis import RedisBackend
+
+        return RedisBackend
+    raise AttributeError(f"module 'chicory_backends' has no attribute {name!r}")
+
+
 __all__ = [
     "Backend",
     "BackendNotConfiguredError",
@@ -43,6 +58,7 @@ __all__ = [
     "NotConnectedError",
     "PoolExhaustedError",
     "PostgresBackendConfig",
+    "RedisBackend",
     "RedisBackendConfig",
     "ResultNotSerializableError",
     "SQLiteBackendConfig",

@@ -13,6 +13,7 @@ from sqlalchemy import delete
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from redis_servers import REDIS_MODES, redis_backends
 from sql_databases import SQL_KINDS, migrated_database, run_database_name
 
 from chicory_backends.base import Backend
@@ -20,7 +21,7 @@ from chicory_backends.config import SQLBackendConfig
 from chicory_backends.sql.backend import DatabaseBackend
 from chicory_backends.sql.schema import task_results, worker_heartbeats
 
-CONTRACT_KINDS = SQL_KINDS
+CONTRACT_KINDS = (*SQL_KINDS, *REDIS_MODES)
 
 MakeBackend = Callable[..., Awaitable[Backend]]
 
@@ -54,6 +55,10 @@ async def make_backend(
 ) -> AsyncIterator[MakeBackend]:
     """Connected backends of one kind, with config overrides; all start from empty storage."""
     kind: str = request.param
+    if kind in REDIS_MODES:
+        async with redis_backends(kind) as make_redis:
+            yield make_redis
+        return
     opened: list[Backend] = []
 
     async def make(**overrides: Any) -> Backend:

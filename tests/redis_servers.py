@@ -229,8 +229,11 @@ class ClusterTopology:
             node.start()
         addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
         subprocess.run(
-            [_require_binary("redis-cli"), "--cluster", "create", *addresses]
-            + ["--cluster-replicas", "0", "--cluster-yes"],
+            [
+                _require_binary("redis-cli"),
+                *("--cluster", "create", *addresses),
+                *("--cluster-replicas", "0", "--cluster-yes"),
+            ],
             check=True,
             capture_output=True,
             timeout=60,
