@@ -56,11 +56,20 @@ def config_for(kind: BackendType | str | None = None) -> AnyBackendConfig:
         raise ConfigurationError(_describe(error, resolved)) from None
 
 
-def sql_config_from_url(url: str) -> SQLBackendConfig:
+def kind_from_url(url: str) -> BackendType:
+    """The backend kind a URL's scheme names (``postgresql+asyncpg://`` -> postgres)."""
     scheme = url.split(":", 1)[0].split("+", 1)[0].lower()
     kind = _URL_SCHEMES.get(scheme)
-    if kind is None or kind is BackendType.REDIS:
-        raise ConfigurationError(f"not a SQL database URL (scheme {scheme!r})")
+    if kind is None:
+        known = ", ".join(sorted(_URL_SCHEMES))
+        raise ConfigurationError(f"unknown scheme {scheme!r}: use one of {known}")
+    return kind
+
+
+def sql_config_from_url(url: str) -> SQLBackendConfig:
+    kind = kind_from_url(url)
+    if kind is BackendType.REDIS:
+        raise ConfigurationError("not a SQL database URL (a redis one)")
     return SQL_CONFIGS[kind](url=SecretStr(url))
 
 

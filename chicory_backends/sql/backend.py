@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import CursorResult, Engine, Executable, text
+from sqlalchemy import CursorResult, Engine, Executable, event, text
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import greenlet_spawn
@@ -16,15 +16,26 @@ from chicory_backends.base import Backend
 from chicory_backends.codec import (
     build_result,
     check_task_id,
+    check_text,
     decode_stats,
     encode_stats,
     encode_value,
 )
-from chicory_backends.config import SQLBackendConfig
+from chicory_backends.config import PostgresBackendConfig, SQLBackendConfig
 from chicory_backends.errors import NotConnectedError, SchemaNotReadyError
 from chicory_backends.sql.dialects import Statements, statements_for
-from chicory_backends.sql.engine import create_engine, translate_error
+from chicory_backends.sql.engine import (
+    create_engine,
+    needs_transaction_per_statement,
+    translate_error,
+)
 from chicory_backends.sql.migrate import current_revision, upgrade_in_process
+from chicory_backends.sql.notify import (
+    ReadBatcher,
+    ResultListener,
+    connect_listener,
+    wait_notified,
+)
 from chicory_backends.sql.schema import SCHEMA_REVISION
 from chicory_backends.types import BackendStatus, TaskResult, TaskState, WorkerStats
 
@@ -41,6 +52,7 @@ class DatabaseBackend(Backend):
         self._engine: AsyncEngine | None = None
         self._statements: Statements | None = None
         self._ttl = timedelta(seconds=config.result_ttl) if config.result_ttl else None
+        self._in_transaction = needs_transaction_per_statement(config)
 
     def __repr__(self) -> str:
         state = "connected" if self._engine else "not connected"
@@ -97,8 +109,8 @@ class DatabaseBackend(Backend):
                 "task_id": task_id,
                 "state": TaskState(result.state).value,
                 "result": encode_value(task_id, result.result, self.config.max_result_bytes),
-                "error": result.error,
-                "traceback": result.traceback,
+                "error": check_text(task_id, "error", result.error),
+                "traceback": check_text(task_id, "traceback", result.traceback),
                 "created_at": now,
                 "updated_at": now,
                 "expires_at": self._expiry(now),
@@ -186,6 +198,45 @@ class DatabaseBackend(Backend):
             connected=True, latency_ms=round((time.perf_counter() - started) * 1000, 3)
         )
 
+    # -- waiting for results ---------------------------------------------------------
+
+    # Made at the first wait on PostgreSQL, closed when the engine is disposed.
+    _listener: ResultListener | None = None
+    _reads: ReadBatcher | None = None
+
+    async def wait_for_result(
+        self,
+        task_id: str,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> TaskResult | None:
+        """On PostgreSQL, woken by the NOTIFY that revision 0002's trigger sends with each
+        terminal store (see sql/notify.py); on the other dialects, and behind PgBouncer,
+        which cannot carry LISTEN, the contract's polling."""
+        listener = self._result_listener()
+        if listener is None or self._reads is None:
+            return await super().wait_for_result(task_id, timeout)
+        return await wait_notified(listener, self._reads, check_task_id(task_id), timeout)
+
+    def _result_listener(self) -> ResultListener | None:
+        """This backend's one LISTEN connection holder, or None where NOTIFY is not used."""
+        self._require()
+        engine = self._engine
+        config = self.config
+        if (
+            engine is None
+            or engine.dialect.name != "postgresql"
+            or not isinstance(config, PostgresBackendConfig)
+            or config.pgbouncer
+        ):
+            return None
+        if self._listener is None or self._listener.closed:
+            listener = ResultListener(lambda notified: connect_listener(config, notified))
+            # disconnect() disposes the engine: the listening connection goes with it.
+            event.listen(engine.sync_engine, "engine_disposed", lambda _engine: listener.close())
+            self._listener = listener
+            self._reads = ReadBatcher(lambda task_ids: self.get_results(task_ids))
+        return self._listener
+
     # -- plumbing --------------------------------------------------------------------
 
     def _require(self) -> Statements:
@@ -225,7 +276,7 @@ class DatabaseBackend(Backend):
         for attempt in (1, 2):
             try:
                 return await greenlet_spawn(
-                    _run_on_pool, engine.sync_engine, statement, params, fetch
+                    _run_on_pool, engine.sync_engine, statement, params, fetch, self._in_transaction
                 )
             except (SQLAlchemyError, OSError) as error:
                 stale = isinstance(error, DBAPIError) and error.connection_invalidated
@@ -265,9 +316,13 @@ class _MaybeConnected:
 
 
 def _run_on_pool(
-    engine: Engine, statement: Executable, params: Mapping[str, Any], fetch: bool
+    engine: Engine,
+    statement: Executable,
+    params: Mapping[str, Any],
+    fetch: bool,
+    in_transaction: bool,
 ) -> int | list[Any]:
-    with engine.connect() as connection:
+    with engine.begin() if in_transaction else engine.connect() as connection:
         result: CursorResult[Any] = connection.execute(statement, params)
         return list(result.all()) if fetch else result.rowcount
 

@@ -160,6 +160,7 @@ def statements_for(dialect: Dialect, cleanup_batch_size: int = 5000) -> Statemen
         raise NotImplementedError(f"no statements for SQL dialect {name!r}")
 
     use_delete_limit = name in ("mysql", "mariadb")
+    # Each lock statement answers 1 (or nothing) when it got the lock, 0 when it timed out.
     locks: dict[str, tuple[str, str]] = {
         "postgresql": (
             "SELECT pg_advisory_lock(7241033310417)",
@@ -170,8 +171,10 @@ def statements_for(dialect: Dialect, cleanup_batch_size: int = 5000) -> Statemen
             "SELECT RELEASE_LOCK('chicory_backends_migrate')",
         ),
         "mssql": (
-            "EXEC sp_getapplock @Resource = 'chicory_backends_migrate', "
-            "@LockMode = 'Exclusive', @LockOwner = 'Session', @LockTimeout = 600000",
+            "DECLARE @granted int; EXEC @granted = sp_getapplock "
+            "@Resource = 'chicory_backends_migrate', @LockMode = 'Exclusive', "
+            "@LockOwner = 'Session', @LockTimeout = 600000; "
+            "SELECT CASE WHEN @granted >= 0 THEN 1 ELSE 0 END",
             "EXEC sp_releaseapplock @Resource = 'chicory_backends_migrate', @LockOwner = 'Session'",
         ),
     }

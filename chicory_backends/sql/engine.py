@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 import uuid
 from typing import Any
 
 from sqlalchemy import event, exc
+from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
@@ -20,6 +22,7 @@ from chicory_backends.config import (
 from chicory_backends.errors import (
     BackendUnreachableError,
     ChicoryBackendError,
+    ConfigurationError,
     DatabaseError,
     PoolExhaustedError,
     SchemaNotReadyError,
@@ -41,6 +44,13 @@ def is_memory_sqlite(database: str | None) -> bool:
     return not database or database == ":memory:" or "mode=memory" in database
 
 
+def needs_transaction_per_statement(config: SQLBackendConfig) -> bool:
+    """Behind a transaction-pooling PgBouncer, asyncpg's prepare and execute of one
+    statement are two round trips that the pooler may send to two different server
+    connections unless a transaction pins them together."""
+    return isinstance(config, PostgresBackendConfig) and config.pgbouncer
+
+
 def create_engine(config: SQLBackendConfig, *, autocommit: bool = True) -> AsyncEngine:
     """The one engine a backend uses.
 
@@ -49,6 +59,8 @@ def create_engine(config: SQLBackendConfig, *, autocommit: bool = True) -> Async
     No pre-ping either: a connection the server dropped is invalidated on first use and
     the operation retried once on a fresh one (see DatabaseBackend._execute).
     """
+    if needs_transaction_per_statement(config):
+        autocommit = False
     url = config.sqlalchemy_url()
     options: dict[str, Any] = {
         "echo": config.echo,
@@ -62,6 +74,7 @@ def create_engine(config: SQLBackendConfig, *, autocommit: bool = True) -> Async
         # and aiomysql sends that ROLLBACK to the server: a second round trip per call.
         options["skip_autocommit_rollback"] = True
     connect_args: dict[str, Any] = {}
+    mysql_tls: ssl.SSLContext | None = None
     if isinstance(config, SQLiteBackendConfig):
         if is_memory_sqlite(url.database):
             options["poolclass"] = StaticPool
@@ -87,6 +100,9 @@ def create_engine(config: SQLBackendConfig, *, autocommit: bool = True) -> Async
         connect_args["connect_timeout"] = config.connect_timeout
         if "charset" not in url.query:
             url = url.update_query_dict({"charset": "utf8mb4"})
+        url, mysql_tls = _mysql_tls(url)
+        if mysql_tls is not None:
+            connect_args["ssl"] = mysql_tls
     elif isinstance(config, MSSQLBackendConfig):
         options["deprecate_large_types"] = True
         connect_args["timeout"] = int(config.connect_timeout)
@@ -96,7 +112,54 @@ def create_engine(config: SQLBackendConfig, *, autocommit: bool = True) -> Async
     engine = create_async_engine(url, **options)
     if isinstance(config, SQLiteBackendConfig):
         _install_sqlite_pragmas(engine, config, in_memory=is_memory_sqlite(url.database))
+    if mysql_tls is not None:
+        _refuse_plain_text(engine)
     return engine
+
+
+_MYSQL_TLS_OPTIONS = (
+    "ssl", "ssl_ca", "ssl_capath", "ssl_cert", "ssl_key", "ssl_cipher", "ssl_check_hostname"
+)  # fmt: skip
+_NO = ("false", "0", "no", "off")
+
+
+def _mysql_tls(url: URL) -> tuple[URL, ssl.SSLContext | None]:
+    """The SSLContext for MySQL's ``ssl``/``ssl_*`` URL options (``config.query``).
+
+    aiomysql takes an SSLContext: the mysqlclient-style dict SQLAlchemy would build from
+    these options fails against a TLS server, and against a server without TLS aiomysql
+    would silently carry on in plain text.
+    """
+    options = {key: str(url.query[key]) for key in _MYSQL_TLS_OPTIONS if key in url.query}
+    if not options:
+        return url, None
+    url = url.difference_update_query(options)
+    if options.get("ssl", "true").lower() in _NO:
+        return url, None
+    try:
+        context = ssl.create_default_context(
+            cafile=options.get("ssl_ca"), capath=options.get("ssl_capath")
+        )
+        if "ssl_cert" in options:
+            context.load_cert_chain(options["ssl_cert"], options.get("ssl_key"))
+        if "ssl_cipher" in options:
+            context.set_ciphers(options["ssl_cipher"])
+    except (OSError, ssl.SSLError) as error:
+        raise ConfigurationError(f"MySQL TLS options: {error}") from None
+    if options.get("ssl_check_hostname", "true").lower() in _NO:
+        context.check_hostname = False
+    return url, context
+
+
+def _refuse_plain_text(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _check_tls(dbapi_connection: Any, _record: Any) -> None:
+        if not getattr(getattr(dbapi_connection, "_connection", None), "_secure", False):
+            dbapi_connection.close()
+            raise ConnectionError(
+                "the server does not offer TLS, and the ssl options ask for it: "
+                "refusing to continue in plain text"
+            )
 
 
 def _install_sqlite_pragmas(
@@ -141,12 +204,29 @@ def is_unreachable(error: BaseException) -> bool:
     if isinstance(error, OSError | asyncio.TimeoutError | ConnectionError):
         return True
     if isinstance(error, exc.DBAPIError):
-        if error.connection_invalidated:
+        if error.connection_invalidated or _unreachable_code(error):
             return True
         return isinstance(error, exc.OperationalError | exc.InterfaceError) and _looks_unreachable(
             error
         )
     return False
+
+
+# SQLSTATE class 08 (connection exception) and PostgreSQL's operator interventions:
+# 57P01 admin shutdown, 57P02 crash shutdown, 57P03 cannot connect now (starting up,
+# shutting down, in recovery). asyncpg's come wrapped as a plain DBAPIError.
+_UNREACHABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03")
+# MySQL/MariaDB: server shutdown in progress, normal shutdown, connection killed,
+# can't connect (socket, TCP), server gone away, lost connection.
+_UNREACHABLE_MYSQL_CODES = frozenset({1053, 1077, 1927, 2002, 2003, 2006, 2013, 2055})
+
+
+def _unreachable_code(error: exc.DBAPIError) -> bool:
+    sqlstate = getattr(error.orig, "sqlstate", None)
+    if isinstance(sqlstate, str) and sqlstate.startswith(_UNREACHABLE_SQLSTATES):
+        return True
+    args: tuple[Any, ...] = getattr(error.orig, "args", ())
+    return bool(args) and args[0] in _UNREACHABLE_MYSQL_CODES
 
 
 _UNREACHABLE_HINTS = (

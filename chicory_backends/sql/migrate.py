@@ -58,8 +58,10 @@ def migration_lock(connection: Connection) -> Iterator[None]:
     """
     stmts = statements_for(connection.dialect)
     if stmts.lock_migrations:
-        connection.exec_driver_sql(stmts.lock_migrations)
+        acquired = connection.exec_driver_sql(stmts.lock_migrations).scalar()
         connection.commit()
+        if acquired == 0:  # GET_LOCK's answer when it timed out; the others raise or wait
+            raise TimeoutError("timed out waiting for another migration to finish")
     try:
         yield
     finally:

@@ -21,7 +21,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeEngine
 
 # The Alembic revision these tables correspond to; connect() refuses any other.
-SCHEMA_REVISION = "0001"
+SCHEMA_REVISION = "0002"
 
 metadata = MetaData()
 
@@ -70,6 +70,8 @@ class IdString(TypeDecorator[str]):
             return dialect.type_descriptor(
                 mysql.VARCHAR(255, charset="utf8mb4", collation=collation)
             )
+        if dialect.name == "mssql":  # SQL Server's default collation ignores case
+            return dialect.type_descriptor(mssql.NVARCHAR(255, collation="Latin1_General_100_BIN2"))
         return dialect.type_descriptor(String(255))
 
 
