@@ -22,6 +22,7 @@ from chicory_backends.errors import (
     TaskFailedError,
 )
 from chicory_backends.factory import create_backend
+from chicory_backends.result import AsyncResult
 from chicory_backends.sql.backend import DatabaseBackend
 from chicory_backends.types import (
     BackendStatus,
@@ -45,6 +46,7 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
+    "AsyncResult",
     "Backend",
     "BackendNotConfiguredError",
     "BackendStatus",

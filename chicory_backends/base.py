@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from types import TracebackType
@@ -55,6 +56,38 @@ class Backend(ABC):
 
     @abstractmethod
     async def healthcheck(self) -> BackendStatus: ...
+
+    # The default wait_for_result polls: first after this many seconds, then twice as long
+    # each time up to the cap. Set them on an instance (or a subclass) to tune a backend.
+    poll_interval_start: float = 0.005
+    poll_interval_cap: float = 0.5
+
+    async def wait_for_result(
+        self,
+        task_id: str,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> TaskResult | None:
+        """Wait until the task is finished; its terminal result, or None once ``timeout`` passes.
+
+        This default polls ``get_result``, from a few milliseconds backing off to
+        ``poll_interval_cap``, so a quick task is seen quickly and a slow one costs few
+        reads. Backends that can be told when a result lands (LISTEN/NOTIFY, pub/sub)
+        override it; callers such as AsyncResult only ever wait through this method.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        pause = self.poll_interval_start
+        while True:
+            result = await self.get_result(task_id)
+            if result is not None and result.state.is_terminal:
+                return result
+            if deadline is not None:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return None
+                pause = min(pause, remaining)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, self.poll_interval_cap)
 
     async def __aenter__(self) -> Self:
         await self.connect()

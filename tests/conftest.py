@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -49,16 +49,10 @@ async def _empty_tables(backend: DatabaseBackend) -> None:
         await connection.execute(delete(worker_heartbeats))
 
 
-@pytest.fixture(params=CONTRACT_KINDS)
-async def make_backend(
-    request: pytest.FixtureRequest, sql_databases: Callable[[str], SQLBackendConfig]
+@asynccontextmanager
+async def _sql_backends(
+    kind: str, sql_databases: Callable[[str], SQLBackendConfig]
 ) -> AsyncIterator[MakeBackend]:
-    """Connected backends of one kind, with config overrides; all start from empty storage."""
-    kind: str = request.param
-    if kind in REDIS_MODES:
-        async with redis_backends(kind) as make_redis:
-            yield make_redis
-        return
     opened: list[Backend] = []
 
     async def make(**overrides: Any) -> Backend:
@@ -70,11 +64,38 @@ async def make_backend(
         opened.append(backend)
         return backend
 
-    yield make
-    for backend in opened:
-        await backend.disconnect()
+    try:
+        yield make
+    finally:
+        for backend in opened:
+            await backend.disconnect()
+
+
+@pytest.fixture(params=CONTRACT_KINDS)
+async def make_backend(
+    request: pytest.FixtureRequest, sql_databases: Callable[[str], SQLBackendConfig]
+) -> AsyncIterator[MakeBackend]:
+    """Connected backends of one kind, with config overrides; all start from empty storage."""
+    kind: str = request.param
+    factory = redis_backends(kind) if kind in REDIS_MODES else _sql_backends(kind, sql_databases)
+    async with factory as make:
+        yield make
 
 
 @pytest.fixture
 async def backend(make_backend: MakeBackend) -> Backend:
     return await make_backend()
+
+
+@pytest.fixture(params=SQL_KINDS)
+async def make_sql_backend(
+    request: pytest.FixtureRequest, sql_databases: Callable[[str], SQLBackendConfig]
+) -> AsyncIterator[MakeBackend]:
+    """Like make_backend, for the tests of what only the SQL backends promise."""
+    async with _sql_backends(request.param, sql_databases) as make:
+        yield make
+
+
+@pytest.fixture
+async def sql_backend(make_sql_backend: MakeBackend) -> Backend:
+    return await make_sql_backend()

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from conftest import MakeBackend
 from services import free_port
 from sqlalchemy import event, func, insert, select, text
 from sqlalchemy.dialects import mssql
@@ -35,6 +36,17 @@ from chicory_backends.sql.dialects import statements_for
 from chicory_backends.sql.schema import task_results
 
 SECRET = "pa55-Zq9-distinctive"
+
+
+# These tests are about the SQL backends only: narrow the suite-wide fixtures to them.
+@pytest.fixture
+async def make_backend(make_sql_backend: MakeBackend) -> MakeBackend:
+    return make_sql_backend
+
+
+@pytest.fixture
+async def backend(sql_backend: DatabaseBackend) -> DatabaseBackend:
+    return sql_backend
 
 
 @contextmanager

@@ -1,0 +1,77 @@
+"""AsyncResult: a client's handle on one task's outcome, over any backend.
+
+It waits through the contract (``Backend.wait_for_result``) and never through a driver,
+so each backend brings its own way of being woken: LISTEN/NOTIFY on PostgreSQL,
+polling with back-off elsewhere.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from chicory_backends.base import Backend
+from chicory_backends.errors import BackendNotConfiguredError, TaskFailedError
+from chicory_backends.types import TaskResult, TaskState
+
+__all__ = ["AsyncResult"]
+
+_FAILED = frozenset({TaskState.FAILURE, TaskState.DEAD_LETTERED})
+
+
+class AsyncResult:
+    """The outcome of task ``task_id`` as stored in ``backend``.
+
+    ``backend=None`` is allowed (an app with no result backend) so that the handle can
+    still be passed around; every method that needs storage then raises
+    BackendNotConfiguredError.
+    """
+
+    def __init__(self, task_id: str, backend: Backend | None) -> None:
+        self.task_id = task_id
+        self.backend = backend
+
+    def __repr__(self) -> str:
+        return f"AsyncResult({self.task_id!r})"
+
+    async def get(self, timeout: float | None = None) -> Any:  # noqa: ASYNC109 (Chicory's API)
+        """Wait for the task to finish and return its value.
+
+        Raises TaskFailedError (with the stored error text and traceback) when it ended
+        in FAILURE or DEAD_LETTERED, and TimeoutError when ``timeout`` seconds pass first.
+        """
+        if timeout is not None and timeout < 0:
+            raise ValueError("timeout must not be negative")
+        result = await self._backend().wait_for_result(self.task_id, timeout)
+        if result is None:
+            raise TimeoutError(f"task {self.task_id!r} did not finish within {timeout:g}s")
+        return _outcome(result)
+
+    async def state(self) -> TaskState:
+        """The current state; PENDING for a task the backend knows nothing about (yet)."""
+        result = await self._backend().get_result(self.task_id)
+        return TaskState.PENDING if result is None else result.state
+
+    async def ready(self) -> bool:
+        """True once the task is finished, whichever way."""
+        return (await self.state()).is_terminal
+
+    async def successful(self) -> bool:
+        return await self.state() is TaskState.SUCCESS
+
+    async def failed(self) -> bool:
+        return await self.state() in _FAILED
+
+    async def forget(self) -> None:
+        """Delete the stored result, e.g. once it was read and will not be needed again."""
+        await self._backend().delete_result(self.task_id)
+
+    def _backend(self) -> Backend:
+        if self.backend is None:
+            raise BackendNotConfiguredError()
+        return self.backend
+
+
+def _outcome(result: TaskResult) -> Any:
+    if result.state in _FAILED:
+        raise TaskFailedError(result.task_id, result.error, result.traceback)
+    return result.result
