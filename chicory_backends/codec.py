@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+import math
+from typing import Any, NoReturn
 
 from chicory_backends.errors import (
     CorruptResultError,
@@ -14,6 +15,16 @@ from chicory_backends.errors import (
 from chicory_backends.types import MAX_TASK_ID_LENGTH, TaskResult, TaskState, WorkerStats
 
 _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+# A result is refused unless it reads back equal, with the same types, from EVERY backend,
+# so that what stores in development (SQLite) also stores in production. The strictest
+# backend sets each limit:
+# - MariaDB's JSON column carries CHECK (JSON_VALID(..)), which refuses 32 levels of nesting;
+MAX_NESTING = 31
+# - PostgreSQL's JSONB keeps numbers as NUMERIC and prints them without an exponent, so a
+#   float of magnitude 1e16 or more (all of them integral) would come back as an int;
+FLOAT_MAGNITUDE_LIMIT = 1e16
+# - PostgreSQL text and JSONB cannot hold a NUL character.
 
 
 def check_task_id(task_id: str) -> str:
@@ -27,21 +38,100 @@ def check_task_id(task_id: str) -> str:
         )
     if "\x00" in task_id:
         raise InvalidTaskIdError("task id must not contain a NUL character")
+    if not _is_utf8(task_id):
+        raise InvalidTaskIdError("task id must be valid Unicode text, without lone surrogates")
     return task_id
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def check_text(task_id: str, field: str, text: str | None) -> str | None:
+    """An error or traceback text every backend can store unchanged."""
+    if text is not None and ("\x00" in text or not _is_utf8(text)):
+        raise ResultNotSerializableError(
+            task_id, f"{field} contains a NUL character or a lone surrogate"
+        )
+    return text
+
+
+def _refuse(task_id: str, reason: str) -> NoReturn:
+    raise ResultNotSerializableError(task_id, reason)
+
+
+def _check_portable(task_id: str, value: Any) -> None:
+    """Refuse what json would silently change (tuples, non-str keys, subclasses) or what
+    some backend cannot keep (see the limits above). Iterative: no recursion limit."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        kind = type(item)
+        if kind is str:
+            if "\x00" in item:
+                _refuse(task_id, "a string contains a NUL character")
+        elif item is None or kind is bool or kind is int:
+            continue
+        elif kind is float:
+            if not math.isfinite(item):
+                _refuse(task_id, f"{item!r} is not a JSON number")
+            if abs(item) >= FLOAT_MAGNITUDE_LIMIT:
+                _refuse(
+                    task_id,
+                    f"float {item!r} is too large to read back as a float from every "
+                    f"backend (limit {FLOAT_MAGNITUDE_LIMIT:g}); store it as an int or a str",
+                )
+        elif kind is list or kind is dict:
+            if depth >= MAX_NESTING:
+                _refuse(task_id, f"lists and dicts are nested deeper than {MAX_NESTING} levels")
+            if kind is dict:
+                for key, child in item.items():
+                    if type(key) is not str:
+                        _refuse(
+                            task_id,
+                            f"dict key {key!r} is of type {type(key).__name__}, not str "
+                            "(JSON would turn it into a str)",
+                        )
+                    if "\x00" in key:
+                        _refuse(task_id, "a dict key contains a NUL character")
+                    stack.append((child, depth + 1))
+            else:
+                stack.extend((child, depth + 1) for child in item)
+        elif isinstance(item, str | int | float | list | tuple | dict):
+            base = next(t for t in (str, int, float, list, dict, tuple) if isinstance(item, t))
+            base = list if base is tuple else base
+            _refuse(
+                task_id,
+                f"type {kind.__name__} would come back as a plain {base.__name__}: "
+                "convert it first",
+            )
+        else:
+            _refuse(
+                task_id,
+                f"type {kind.__name__} is not JSON (None, bool, int, float, str, "
+                "list and dict with str keys are)",
+            )
 
 
 def encode_value(task_id: str, value: Any, max_bytes: int | None = None) -> str | None:
     """JSON text of a task's return value; None stays SQL NULL."""
     if value is None:
         return None
+    _check_portable(task_id, value)
     try:
         text = _encoder.encode(value)
-    except (TypeError, ValueError, RecursionError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:  # e.g. an int over 4300 digits
         raise ResultNotSerializableError(task_id, str(exc)) from None
-    if max_bytes is not None and len(text) > max_bytes // 4:
-        size = len(text.encode())
-        if size > max_bytes:
-            raise ResultTooLargeError(task_id, size, max_bytes)
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ResultNotSerializableError(task_id, "a string contains a lone surrogate") from None
+    if max_bytes is not None and size > max_bytes:
+        raise ResultTooLargeError(task_id, size, max_bytes)
     return text
 
 
