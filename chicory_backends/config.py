@@ -29,6 +29,9 @@ class SQLBackendConfig(_Settings):
     pool_timeout: float = Field(default=30.0, gt=0)
     pool_recycle: int = Field(default=3600, description="Seconds; -1 keeps connections forever")
     connect_timeout: float = Field(default=10.0, gt=0)
+    command_timeout: float = Field(
+        default=30.0, gt=0, description="Seconds a statement may wait for the server's answer"
+    )
     echo: bool = False
     result_ttl: int | None = Field(
         default=None, ge=0, description="Seconds a result stays readable; None or 0 = forever"

@@ -257,20 +257,11 @@ async def test_calls_while_down_fail_fast_and_name_the_address(
 FROZEN_BOUND = 5.0  # above every configured timeout of this test, far below "forever"
 
 
-async def test_frozen_server_fails_calls_within_a_bound(
-    request: pytest.FixtureRequest, server: OwnedServer
-) -> None:
+async def test_frozen_server_fails_calls_within_a_bound(server: OwnedServer) -> None:
     """SIGSTOP on the server (a hung host, a partition): no RST, no FIN, just silence."""
-    if server.kind != "redis":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="SQL backends have no statement (read) timeout: a call on a pooled "
-                "connection to a frozen server waits forever; needs a command_timeout field",
-            )
-        )
-    # Redis: socket_timeout 1 s, at most 3 tries with a short backoff.
-    backend = make_backend(server, **({"socket_timeout": 1.0} if server.kind == "redis" else {}))
+    # Redis: socket_timeout 1 s, at most 3 tries with a short backoff; SQL: command_timeout.
+    timeouts = {"socket_timeout": 1.0} if server.kind == "redis" else {"command_timeout": 2.0}
+    backend = make_backend(server, **timeouts)
     await backend.connect()
     try:
         await backend.get_result("warm-up")  # a pooled connection, then silence on it

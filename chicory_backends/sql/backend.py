@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -22,7 +23,7 @@ from chicory_backends.codec import (
     encode_value,
 )
 from chicory_backends.config import PostgresBackendConfig, SQLBackendConfig
-from chicory_backends.errors import NotConnectedError, SchemaNotReadyError
+from chicory_backends.errors import BackendUnreachableError, NotConnectedError, SchemaNotReadyError
 from chicory_backends.sql.dialects import Statements, statements_for
 from chicory_backends.sql.engine import (
     create_engine,
@@ -268,16 +269,35 @@ class DatabaseBackend(Backend):
 
         A connection the server dropped (restart, failover, idle timeout) is found on use
         rather than by a pre-ping on every checkout; every statement here is idempotent, so
-        it is retried once on a fresh connection.
+        it is retried once on a fresh connection. A server that stops answering (a hung
+        host, a partition) is given ``command_timeout`` from the moment a connection is
+        checked out; the connection is then discarded.
         """
         engine = self._engine
         if engine is None:
             raise NotConnectedError(type(self).__name__)
+        loop = asyncio.get_running_loop()
+        command_timeout = self.config.command_timeout
         for attempt in (1, 2):
             try:
-                return await greenlet_spawn(
-                    _run_on_pool, engine.sync_engine, statement, params, fetch, self._in_transaction
-                )
+                async with asyncio.timeout(None) as deadline:
+
+                    def start_clock() -> None:
+                        deadline.reschedule(loop.time() + command_timeout)
+
+                    return await greenlet_spawn(
+                        _run_on_pool,
+                        engine.sync_engine,
+                        statement,
+                        params,
+                        fetch,
+                        self._in_transaction,
+                        start_clock,
+                    )
+            except TimeoutError:
+                raise BackendUnreachableError(
+                    self.config.address(), f"no answer within command_timeout={command_timeout:g}s"
+                ) from None
             except (SQLAlchemyError, OSError) as error:
                 stale = isinstance(error, DBAPIError) and error.connection_invalidated
                 if attempt == 1 and stale:
@@ -321,8 +341,10 @@ def _run_on_pool(
     params: Mapping[str, Any],
     fetch: bool,
     in_transaction: bool,
+    on_checkout: Callable[[], None],
 ) -> int | list[Any]:
     with engine.begin() if in_transaction else engine.connect() as connection:
+        on_checkout()
         result: CursorResult[Any] = connection.execute(statement, params)
         return list(result.all()) if fetch else result.rowcount
 
