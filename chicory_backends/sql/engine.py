@@ -88,6 +88,9 @@ def create_engine(config: SQLBackendConfig, *, autocommit: bool = True) -> Async
     if isinstance(config, PostgresBackendConfig):
         connect_args["timeout"] = config.connect_timeout
         connect_args["server_settings"] = {"application_name": "chicory-backends"}
+        if "sslmode" in url.query:  # libpq's spelling, which asyncpg calls ``ssl``
+            connect_args["ssl"] = str(url.query["sslmode"])
+            url = url.difference_update_query(["sslmode"])
         if config.ssl:
             connect_args["ssl"] = config.ssl
         if config.pgbouncer:
