@@ -5,27 +5,39 @@ Layout (``P`` is ``config.key_prefix``)::
     P:result:<task_id>         JSON {"state", "result" (JSON text), "error", "traceback"}
     {P:workers}:hb:<worker_id> WorkerStats JSON, expires with the heartbeat TTL
     {P:workers}:index          sorted set: worker id -> heartbeat expiry (epoch seconds)
+    P:done                     pub/sub channel: the task id, each time a terminal state is written
 
 The heartbeat keys share one hash tag so that, on Cluster, the index and the
 heartbeats live in one slot: a heartbeat is one MULTI/EXEC and the active-worker
 read is one MGET. Result keys carry no tag and spread over the cluster.
+
+Waiting (``wait_for_result``) is pushed, not polled: the store script PUBLISHes the task
+id in the same atomic step that writes a terminal state, and each backend keeps ONE
+subscribed connection (its own, outside the pool; opened at the first wait, closed at
+disconnect, re-opened when lost) that wakes the waiters of that id. On Cluster this is a
+plain PUBLISH, which the cluster bus delivers to subscribers on every node, so the
+subscription can sit on any node; SPUBLISH cannot be used because a script may only
+touch its own slot and the result keys spread over all of them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import random
 import time
-from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterable, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
 from redis.asyncio import Redis, RedisCluster
-from redis.asyncio.connection import BlockingConnectionPool
+from redis.asyncio.client import PubSub
+from redis.asyncio.connection import BlockingConnectionPool, ConnectionPool, parse_url
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import (
     ClusterDownError,
@@ -33,6 +45,7 @@ from redis.exceptions import (
     ReadOnlyError,
     RedisClusterException,
     RedisError,
+    ResponseError,
     SlotNotCoveredError,
     TryAgainError,
 )
@@ -43,6 +56,7 @@ from chicory_backends.base import Backend
 from chicory_backends.codec import (
     build_result,
     check_task_id,
+    check_text,
     decode_stats,
     encode_stats,
     encode_value,
@@ -65,7 +79,12 @@ from chicory_backends.types import (
     WorkerStats,
 )
 
-__all__ = ["RedisBackend"]
+__all__ = ["LISTENER_CLIENT_NAME", "RedisBackend"]
+
+logger = logging.getLogger(__name__)
+
+# CLIENT SETNAME of the subscribed connection, to tell it apart in CLIENT LIST.
+LISTENER_CLIENT_NAME = "chicory-backends-listener"
 
 Mode = Literal["redis", "redis-sentinel", "redis-cluster"]
 Client = Redis | RedisCluster
@@ -76,8 +95,12 @@ _LUA_TERMINAL = (
 )
 
 # KEYS[1] result key; ARGV[1] new state; ARGV[2] whole document, or "" to change only the
-# state (keeping result/error/traceback); ARGV[3] TTL in seconds, "0" = keep forever.
-# GET, check and SET run as one script, so no late write can slip between them.
+# state (keeping result/error/traceback); ARGV[3] TTL in seconds, "0" = keep forever;
+# ARGV[4] the channel to PUBLISH the task id ARGV[5] on when the written state is terminal.
+# GET, check, SET and PUBLISH run as one script, so no late write can slip between them
+# and a waiter that reads a non-terminal state is sure to be sent the terminal one.
+# PUBLISH goes through pcall: a user whose ACL denies the channel still stores results
+# (the script returns 2 instead of 1; waiters then rely on RedisBackend.recheck_interval).
 _STORE_LUA = f"""
 local terminal = {_LUA_TERMINAL}
 local state, doc, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
@@ -99,6 +122,10 @@ if ttl > 0 then
   redis.call('SET', KEYS[1], doc, 'EX', ttl)
 else
   redis.call('SET', KEYS[1], doc)
+end
+if terminal[state] and ARGV[4] then
+  local sent = redis.pcall('PUBLISH', ARGV[4], ARGV[5])
+  if type(sent) == 'table' and sent.err then return 2 end
 end
 return 1
 """
@@ -125,6 +152,13 @@ def _retry() -> Retry:
     # Short: one quick retry survives a dropped idle connection or a fail-over blip,
     # while a server that is down still fails within about a second.
     return Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2)
+
+
+def _no_retry() -> Retry:
+    # For the subscribed connection: redis-py would reconnect and re-subscribe silently,
+    # losing what was published meanwhile without telling us. Every failure surfaces
+    # instead, and the listener re-subscribes itself and has every waiter re-read.
+    return Retry(NoBackoff(), retries=0, supported_errors=())
 
 
 def _mode(config: RedisBackendConfig) -> Mode:
@@ -167,8 +201,8 @@ def _document(task_id: str, result: TaskResult, max_bytes: int | None) -> bytes:
     doc = {
         "state": TaskState(result.state).value,
         "result": encode_value(task_id, result.result, max_bytes),
-        "error": result.error,
-        "traceback": result.traceback,
+        "error": check_text(task_id, "error", result.error),
+        "traceback": check_text(task_id, "traceback", result.traceback),
     }
     try:
         return _json.encode(doc).encode()
@@ -189,8 +223,285 @@ def _read_document(task_id: str, raw: bytes | str) -> TaskResult:
     return build_result(task_id, doc["state"], *texts)
 
 
+class _PubSubRefused(Exception):
+    """The server (or a proxy, or the ACL) refuses SUBSCRIBE: waiting has to poll."""
+
+
+class _Listener:
+    """One subscribed connection for a backend, and the futures of the ids waited for.
+
+    ``subscribe`` returns once the server has confirmed the SUBSCRIBE, with a future that
+    the task's notification resolves, or the loss of the connection (a cue to subscribe
+    again and re-read: whatever was published while nobody listened is found by that
+    read). Several waiters of one id each get their own future and all wake.
+    """
+
+    # With no traffic for this long, PING; no answer within the socket timeout means the
+    # connection died silently (no RST, e.g. behind NAT) and is dropped like a lost one.
+    ping_interval = 15.0
+
+    def __init__(self, backend: RedisBackend) -> None:
+        self._backend = backend
+        self._channel = backend._channel
+        self._waiters: dict[bytes, set[asyncio.Future[None]]] = {}
+        self._pubsub: PubSub | None = None
+        self._client: Redis | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._starting: asyncio.Task[None] | None = None
+        self._attempts = 0
+        self.closed = False
+
+    @property
+    def active(self) -> bool:
+        return self._pubsub is not None
+
+    @property
+    def waiting(self) -> int:
+        """How many distinct task ids are waited for right now."""
+        return len(self._waiters)
+
+    async def subscribe(self, member: bytes) -> asyncio.Future[None]:
+        # Re-check after every await: the connection may be lost again before we resume,
+        # and a future added to a dead subscription would never be resolved.
+        while self._pubsub is None:
+            if self.closed:
+                raise NotConnectedError("RedisBackend")
+            try:
+                await self._start_shared()
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if self.closed and task is not None and not task.cancelling():
+                    raise NotConnectedError("RedisBackend") from None  # close() stopped it
+                raise
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(member, set()).add(future)
+        return future
+
+    def unsubscribe(self, member: bytes, future: asyncio.Future[None]) -> None:
+        futures = self._waiters.get(member)
+        if futures is not None:
+            futures.discard(future)
+            if not futures:
+                del self._waiters[member]
+        if not future.done():
+            future.cancel()
+
+    async def close(self) -> None:
+        """For good (the backend disconnects); the waiters wake and find it closed."""
+        self.closed = True
+        reader, pubsub, client = self._reader, self._pubsub, self._client
+        self._reader = self._pubsub = self._client = None
+        for task in (reader, self._starting):
+            if task is not None and not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._wake_all()
+        await _dispose(pubsub, client)
+
+    def _start_shared(self) -> asyncio.Future[None]:
+        """The one connection attempt in flight, shared by every waiter that needs it.
+
+        Shielded: a waiter whose own timeout expires must not cancel it for the others.
+        """
+        if self._starting is None or self._starting.done():
+            self._starting = asyncio.get_running_loop().create_task(self._start())
+            self._starting.add_done_callback(_retrieve)
+        return asyncio.shield(self._starting)
+
+    async def _start(self) -> None:
+        """Subscribe, with the same short retry as the other calls: a blip (a dropped
+        connection, a fail-over) is ridden out, a server that is down is reported."""
+        for pause in (0.05, 0.2, None):
+            try:
+                return await self._start_once()
+            except BackendUnreachableError:
+                if pause is None or self.closed:
+                    raise
+            await asyncio.sleep(pause)
+
+    async def _start_once(self) -> None:
+        backend = self._backend
+        client = backend._listener_client(self._attempts)
+        self._attempts += 1
+        pubsub = client.pubsub()
+        try:
+            with backend._translated():
+                await self._subscribe(client, pubsub)
+            if self.closed:  # the backend was disconnected while we subscribed
+                raise NotConnectedError("RedisBackend")
+        except BaseException:
+            await _dispose(pubsub, client)
+            raise
+        self._pubsub, self._client = pubsub, client
+        self._reader = asyncio.get_running_loop().create_task(self._read(pubsub, client))
+
+    async def _subscribe(self, client: Redis, pubsub: PubSub) -> None:
+        """SUBSCRIBE and wait for the server's confirmation: only then is a publish
+        after our next read certain to reach us."""
+        timeout = self._backend.config.socket_timeout
+        try:
+            # Named for CLIENT LIST; on the pool's only connection, which the pub/sub
+            # then takes. A user the ACL denies CLIENT SETNAME can still wait.
+            with suppress(ResponseError):
+                await client.client_setname(LISTENER_CLIENT_NAME)
+            await pubsub.subscribe(self._channel)
+            while True:
+                message = await pubsub.get_message(timeout=timeout)
+                if message is None:
+                    raise RedisTimeoutError(f"no SUBSCRIBE confirmation within {timeout:g}s")
+                if message["type"] == "subscribe":
+                    return
+        except ResponseError as exc:  # NOPERM, or a proxy without pub/sub
+            raise _PubSubRefused(self._backend._reason(exc)) from None
+
+    async def _read(self, pubsub: PubSub, client: Redis) -> None:
+        loop = asyncio.get_running_loop()
+        ping_timeout = self._backend.config.socket_timeout
+        ping_sent: float | None = None
+        try:
+            while True:
+                if ping_sent is None:
+                    wait = self.ping_interval
+                else:
+                    wait = max(0.0, ping_sent + ping_timeout - loop.time())
+                message = await pubsub.get_message(timeout=wait)
+                if message is None:
+                    if ping_sent is not None:
+                        raise RedisTimeoutError("no answer to PING on the subscription")
+                    await pubsub.ping()
+                    ping_sent = loop.time()
+                    continue
+                ping_sent = None
+                if message["type"] == "message":
+                    self._wake(message["data"])
+                elif message["type"] != "pong":  # an unsubscribe: we did not ask for it
+                    raise RedisConnectionError(f"unexpected {message['type']} message")
+        except asyncio.CancelledError:
+            raise  # close() owns the connection now
+        except Exception as exc:
+            logger.info("redis result subscription lost: %s", self._backend._reason(exc))
+        if self._pubsub is pubsub:
+            self._reader = self._pubsub = self._client = None
+            self._wake_all()
+        await _dispose(pubsub, client)
+
+    def _wake(self, member: bytes) -> None:
+        for future in self._waiters.pop(member, ()):
+            if not future.done():
+                future.set_result(None)
+
+    def _wake_all(self) -> None:
+        waiters, self._waiters = self._waiters, {}
+        for futures in waiters.values():
+            for future in futures:
+                if not future.done():
+                    future.set_result(None)
+
+
+class _ReadBatcher:
+    """Coalesces the reads of concurrent waiters into few ``get_results`` calls (MGET).
+
+    Reads asked for in the same event-loop turn go out together, ``max_batch`` ids per
+    call: ten thousand waiters starting, or re-reading after a lost subscription, cost a
+    hundred round trips, not ten thousand. A corrupt document fails its own waiters only.
+    """
+
+    max_batch = 100  # bounded: results may be large, and Redis serves one MGET at a time
+
+    def __init__(self, backend: RedisBackend) -> None:
+        self._backend = backend
+        self._pending: dict[str, list[asyncio.Future[TaskResult | None]]] = {}
+        self._scheduled = False
+        self._running: set[asyncio.Task[None]] = set()
+
+    async def get(self, task_id: str) -> TaskResult | None:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[TaskResult | None] = loop.create_future()
+        self._pending.setdefault(task_id, []).append(future)
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._flush)
+        return await future
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, {}
+        self._scheduled = False
+        # Not for waiters that gave up (timeout, cancellation) since they asked.
+        ids = [
+            task_id for task_id, futures in pending.items() if not all(f.done() for f in futures)
+        ]
+        loop = asyncio.get_running_loop()
+        for start in range(0, len(ids), self.max_batch):
+            chunk = {task_id: pending[task_id] for task_id in ids[start : start + self.max_batch]}
+            task = loop.create_task(self._read(chunk))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _read(self, chunk: dict[str, list[asyncio.Future[TaskResult | None]]]) -> None:
+        backend = self._backend
+        try:
+            try:
+                found = await backend.get_results(chunk)
+            except CorruptResultError:  # find which one, and fail only its waiters
+                found = {}
+                for task_id, futures in chunk.items():
+                    try:
+                        result = await backend.get_result(task_id)
+                    except CorruptResultError as exc:
+                        _settle(futures, error=exc)
+                        continue
+                    if result is not None:
+                        found[task_id] = result
+        except Exception as exc:
+            for futures in chunk.values():
+                _settle(futures, error=exc)
+            return
+        except BaseException:
+            for futures in chunk.values():
+                for future in futures:
+                    future.cancel()
+            raise
+        for task_id, futures in chunk.items():
+            _settle(futures, found.get(task_id))
+
+
+def _settle(
+    futures: list[asyncio.Future[TaskResult | None]],
+    result: TaskResult | None = None,
+    error: Exception | None = None,
+) -> None:
+    for future in futures:
+        if future.done():
+            continue  # its waiter gave up (timeout, cancellation)
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    """Mark a start's failure as seen even when every waiter timed out before it ended."""
+    if not task.cancelled():
+        task.exception()
+
+
+async def _dispose(pubsub: PubSub | None, client: Redis | None) -> None:
+    try:
+        if pubsub is not None:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+        if client is not None:
+            await client.aclose()
+    except (RedisError, OSError):
+        pass  # closing connections to a dead server has nothing to report
+
+
 class RedisBackend(Backend):
     """Results and heartbeats on a single Redis node, a Sentinel-managed master or a Cluster."""
+
+    # While subscribed, a waiter still re-reads its result this often (give or take 10%),
+    # in case its notification was never sent: a writer running an older version of this
+    # library, an ACL that denies PUBLISH, a subscription left on a fenced-off node.
+    recheck_interval: float = 30.0
 
     def __init__(self, config: RedisBackendConfig | None = None) -> None:
         self.config = config if config is not None else RedisBackendConfig()
@@ -204,6 +515,7 @@ class RedisBackend(Backend):
         self._result_prefix = f"{prefix}:result:"
         self._workers_tag = f"{{{prefix}:workers}}"
         self._index_key = f"{self._workers_tag}:index"
+        self._channel = f"{prefix}:done"
         self._ttl = str(self.config.result_ttl)
         self._client: Client | None = None
         self._sentinel: Sentinel | None = None
@@ -211,6 +523,12 @@ class RedisBackend(Backend):
         # Cluster nodes raise instead of waiting when their pool is full; this makes
         # bursts wait there too, as the blocking pool does on the other modes.
         self._slots: asyncio.Semaphore | None = None
+        # The subscription that wakes waiters, made at the first wait; and why SUBSCRIBE
+        # was refused, when it was (then waiting polls until the next connect()).
+        self._listener: _Listener | None = None
+        self._pubsub_refused: str | None = None
+        self._publish_refused = False  # warned once that stores cannot announce results
+        self._reads = _ReadBatcher(self)
 
     def __repr__(self) -> str:
         return f"RedisBackend(mode={self.mode!r}, address={self._address!r})"
@@ -243,6 +561,9 @@ class RedisBackend(Backend):
         # _store stays: it is only a SHA and the script text, and a call already past
         # the connection check must not find it gone.
         self._client, self._sentinel, self._slots = None, None, None
+        listener, self._listener, self._pubsub_refused = self._listener, None, None
+        if listener is not None:
+            await listener.close()
         if client is not None:
             await _close(client, sentinel)
 
@@ -290,6 +611,44 @@ class RedisBackend(Backend):
         except (ValueError, TypeError, RedisError, RedisClusterException) as exc:
             raise ConfigurationError(f"Redis {self.mode}: {self._reason(exc)}") from None
 
+    def _listener_client(self, attempt: int) -> Redis:
+        """A client of its own for the subscription: one connection, no silent retries.
+
+        On Cluster any node will do (PUBLISH reaches them all); each attempt takes the
+        next primary, so a node that died is not tried again and again.
+        """
+        cfg = self.config
+        options: dict[str, Any] = {
+            "socket_timeout": cfg.socket_timeout,
+            "socket_connect_timeout": cfg.socket_timeout,
+            "retry": _no_retry(),
+            "max_connections": 1,
+        }
+        if cfg.username:
+            options["username"] = cfg.username
+        if cfg.password is not None:
+            options["password"] = cfg.password.get_secret_value()
+        url = cfg.url.get_secret_value() if cfg.url is not None else None
+        client = self._client
+        if client is None:
+            raise NotConnectedError("RedisBackend")
+        if isinstance(client, RedisCluster):
+            nodes = client.get_primaries() or client.get_nodes()
+            node = nodes[attempt % len(nodes)]
+            url_options: dict[str, Any] = dict(parse_url(url)) if url is not None else {}
+            url_options.pop("db", None)
+            pool = ConnectionPool(
+                **(options | url_options | {"host": node.host, "port": node.port})
+            )
+            return Redis.from_pool(pool)
+        if self.mode == "redis-sentinel":
+            assert self._sentinel is not None
+            listener: Redis = self._sentinel.master_for(cfg.sentinel_service, db=cfg.db, **options)
+            return listener
+        if url is not None:
+            return Redis.from_pool(ConnectionPool.from_url(url, db=cfg.db, **options))
+        return Redis.from_pool(ConnectionPool(host=cfg.host, port=cfg.port, db=cfg.db, **options))
+
     def _find_secrets(self) -> list[str]:
         secrets = []
         if self.config.password is not None:
@@ -322,7 +681,17 @@ class RedisBackend(Backend):
             except TimeoutError:
                 raise self._exhausted() from None
         try:
-            yield client
+            with self._translated():
+                yield client
+        finally:
+            if slots is not None:
+                slots.release()
+
+    @contextmanager
+    def _translated(self) -> Iterator[None]:
+        """Every driver error as ours, without credentials in the message."""
+        try:
+            yield
         except MaxConnectionsError:
             raise self._exhausted() from None
         except _UNREACHABLE as exc:
@@ -335,9 +704,6 @@ class RedisBackend(Backend):
             raise ChicoryBackendError(
                 f"redis at {self._address} refused the command: {self._reason(exc)}"
             ) from None
-        finally:
-            if slots is not None:
-                slots.release()
 
     def _exhausted(self) -> PoolExhaustedError:
         return PoolExhaustedError(self.config.max_connections, 0, self.config.pool_timeout)
@@ -347,26 +713,105 @@ class RedisBackend(Backend):
     def _result_key(self, task_id: str) -> str:
         return self._result_prefix + check_task_id(task_id)
 
-    async def _run_store(self, key: str, state: TaskState, doc: bytes) -> None:
+    async def _run_store(self, key: str, task_id: str, state: TaskState, doc: bytes) -> None:
+        args = [state.value, doc, self._ttl, self._channel, task_id]
         async with self._io() as client:
             assert self._store is not None
-            await self._store(keys=[key], args=[state.value, doc, self._ttl], client=client)
+            written = await self._store(keys=[key], args=args, client=client)
+        if written == 2 and not self._publish_refused:
+            self._publish_refused = True
+            logger.warning(
+                "redis at %s refused PUBLISH on %r: results are stored, but waiting clients "
+                "only see them at their re-check (every %gs); grant the channel to this user",
+                self._address,
+                self._channel,
+                self.recheck_interval,
+            )
 
     async def set_state(self, task_id: str, state: TaskState) -> None:
-        """Change only the state; refused when it would replace a terminal one."""
-        await self._run_store(self._result_key(task_id), TaskState(state), b"")
+        """Change only the state; refused when it would replace a terminal one.
+
+        A terminal state wakes the waiters of the task, here and in every other process.
+        """
+        await self._run_store(self._result_key(task_id), task_id, TaskState(state), b"")
 
     async def store_result(self, task_id: str, result: TaskResult) -> None:
-        """Write state, result, error and traceback together, with the result TTL."""
+        """Write state, result, error and traceback together, with the result TTL.
+
+        A terminal state wakes the waiters of the task, here and in every other process.
+        """
         key = self._result_key(task_id)
         doc = _document(task_id, result, self.config.max_result_bytes)
-        await self._run_store(key, TaskState(result.state), doc)
+        await self._run_store(key, task_id, TaskState(result.state), doc)
 
     async def get_result(self, task_id: str) -> TaskResult | None:
         key = self._result_key(task_id)
         async with self._io() as client:
             raw = await client.get(key)
         return None if raw is None else _read_document(task_id, raw)
+
+    async def wait_for_result(
+        self,
+        task_id: str,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> TaskResult | None:
+        """Woken by the notification the store script publishes with a terminal state.
+
+        Waiting is "subscribe, then read, then sleep": the waiter is registered and the
+        subscription confirmed before the one read, so a result stored before it is seen
+        by the read and one stored after it is published to us. Ten thousand waiters
+        share one subscribed connection; their reads go out together as ``get_results``
+        (MGET) calls on the ordinary pool. When the subscription is lost every waiter
+        subscribes again and re-reads; when the server cannot be reached that raises
+        BackendUnreachableError. If the server refuses SUBSCRIBE (ACL, proxy) this polls
+        like the default does.
+        """
+        self._result_key(task_id)  # an invalid id fails before any I/O
+        if timeout is not None and timeout <= 0:
+            result = await self.get_result(task_id)
+            return result if result is not None and result.state.is_terminal else None
+        if self._client is None:
+            raise NotConnectedError("RedisBackend")
+        if self._pubsub_refused is not None:
+            return await super().wait_for_result(task_id, timeout)
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        scope = asyncio.timeout_at(deadline)
+        try:
+            async with scope:
+                return await self._wait_notified(task_id)
+        except TimeoutError:
+            if scope.expired():
+                return None
+            raise
+        except _PubSubRefused as exc:
+            if self._pubsub_refused is None:
+                self._pubsub_refused = str(exc)
+                logger.warning(
+                    "redis at %s refused SUBSCRIBE (%s): waiting for results polls instead",
+                    self._address,
+                    exc,
+                )
+            remaining = None if deadline is None else max(0.0, deadline - loop.time())
+            return await super().wait_for_result(task_id, remaining)
+
+    async def _wait_notified(self, task_id: str) -> TaskResult:
+        member = task_id.encode("utf-8", "surrogatepass")  # as PUBLISH sends it
+        while True:
+            listener = self._listener
+            if listener is None or listener.closed:
+                if self._client is None:
+                    raise NotConnectedError("RedisBackend")
+                listener = self._listener = _Listener(self)
+            waiter = await listener.subscribe(member)
+            try:
+                result = await self._reads.get(task_id)
+                if result is not None and result.state.is_terminal:
+                    return result
+                recheck = self.recheck_interval * random.uniform(0.9, 1.1)
+                await asyncio.wait((waiter,), timeout=recheck)
+            finally:
+                listener.unsubscribe(member, waiter)
 
     async def get_results(self, task_ids: Iterable[str]) -> dict[str, TaskResult]:
         """One MGET (one per slot on Cluster); unknown or expired ids are absent."""
@@ -393,16 +838,17 @@ class RedisBackend(Backend):
     # -- heartbeats -------------------------------------------------------------------
 
     def _heartbeat_key(self, worker_id: str) -> str:
-        return f"{self._workers_tag}:hb:{worker_id}"
+        return f"{self._workers_tag}:hb:{check_task_id(worker_id)}"
 
     async def store_heartbeat(self, worker_id: str, stats: WorkerStats, ttl: int = 30) -> None:
         """The heartbeat expires by itself; the index entry records when, for the listing."""
         if ttl < 1:
             raise ValueError(f"heartbeat ttl must be at least 1 second, not {ttl}")
+        key = self._heartbeat_key(worker_id)
         payload = encode_stats(stats)
         async with self._io() as client:
             pipe = client.pipeline(transaction=True)
-            pipe.set(self._heartbeat_key(worker_id), payload, ex=ttl)
+            pipe.set(key, payload, ex=ttl)
             pipe.zadd(self._index_key, {worker_id: time.time() + ttl})
             await pipe.execute()
 

@@ -584,13 +584,5 @@ def _stats(worker_id: str) -> WorkerStats:
 def test_invalid_worker_ids_are_refused(
     request: pytest.FixtureRequest, target: Target, worker_id: str
 ) -> None:
-    if target.kind == "redis":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="RedisBackend does not check worker ids (reported: no check_task_id "
-                "in _heartbeat_key; a lone surrogate raises a raw UnicodeEncodeError)",
-            )
-        )
     with target.no_io(), pytest.raises(InvalidTaskIdError):
         target.run(target.backend.store_heartbeat(worker_id, _stats(worker_id)))
