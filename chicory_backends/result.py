@@ -2,6 +2,7 @@
 
 It waits through the contract (``Backend.wait_for_result``) and never through a driver,
 so each backend brings its own way of being woken: LISTEN/NOTIFY on PostgreSQL,
+pub/sub on Redis,
 polling with back-off elsewhere.
 """
 
