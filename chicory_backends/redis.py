@@ -78,6 +78,7 @@ from chicory_backends.types import (
     TaskState,
     WorkerStats,
 )
+from chicory_backends.waiting import ReadBatcher
 
 __all__ = ["LISTENER_CLIENT_NAME", "RedisBackend"]
 
@@ -398,87 +399,6 @@ class _Listener:
                     future.set_result(None)
 
 
-class _ReadBatcher:
-    """Coalesces the reads of concurrent waiters into few ``get_results`` calls (MGET).
-
-    Reads asked for in the same event-loop turn go out together, ``max_batch`` ids per
-    call: ten thousand waiters starting, or re-reading after a lost subscription, cost a
-    hundred round trips, not ten thousand. A corrupt document fails its own waiters only.
-    """
-
-    max_batch = 100  # bounded: results may be large, and Redis serves one MGET at a time
-
-    def __init__(self, backend: RedisBackend) -> None:
-        self._backend = backend
-        self._pending: dict[str, list[asyncio.Future[TaskResult | None]]] = {}
-        self._scheduled = False
-        self._running: set[asyncio.Task[None]] = set()
-
-    async def get(self, task_id: str) -> TaskResult | None:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[TaskResult | None] = loop.create_future()
-        self._pending.setdefault(task_id, []).append(future)
-        if not self._scheduled:
-            self._scheduled = True
-            loop.call_soon(self._flush)
-        return await future
-
-    def _flush(self) -> None:
-        pending, self._pending = self._pending, {}
-        self._scheduled = False
-        # Not for waiters that gave up (timeout, cancellation) since they asked.
-        ids = [
-            task_id for task_id, futures in pending.items() if not all(f.done() for f in futures)
-        ]
-        loop = asyncio.get_running_loop()
-        for start in range(0, len(ids), self.max_batch):
-            chunk = {task_id: pending[task_id] for task_id in ids[start : start + self.max_batch]}
-            task = loop.create_task(self._read(chunk))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
-
-    async def _read(self, chunk: dict[str, list[asyncio.Future[TaskResult | None]]]) -> None:
-        backend = self._backend
-        try:
-            try:
-                found = await backend.get_results(chunk)
-            except CorruptResultError:  # find which one, and fail only its waiters
-                found = {}
-                for task_id, futures in chunk.items():
-                    try:
-                        result = await backend.get_result(task_id)
-                    except CorruptResultError as exc:
-                        _settle(futures, error=exc)
-                        continue
-                    if result is not None:
-                        found[task_id] = result
-        except Exception as exc:
-            for futures in chunk.values():
-                _settle(futures, error=exc)
-            return
-        except BaseException:
-            for futures in chunk.values():
-                for future in futures:
-                    future.cancel()
-            raise
-        for task_id, futures in chunk.items():
-            _settle(futures, found.get(task_id))
-
-
-def _settle(
-    futures: list[asyncio.Future[TaskResult | None]],
-    result: TaskResult | None = None,
-    error: Exception | None = None,
-) -> None:
-    for future in futures:
-        if future.done():
-            continue  # its waiter gave up (timeout, cancellation)
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)
-
-
 def _retrieve(task: asyncio.Task[None]) -> None:
     """Mark a start's failure as seen even when every waiter timed out before it ended."""
     if not task.cancelled():
@@ -528,7 +448,7 @@ class RedisBackend(Backend):
         self._listener: _Listener | None = None
         self._pubsub_refused: str | None = None
         self._publish_refused = False  # warned once that stores cannot announce results
-        self._reads = _ReadBatcher(self)
+        self._reads = ReadBatcher(lambda task_ids: self.get_results(task_ids), max_batch=100)
 
     def __repr__(self) -> str:
         return f"RedisBackend(mode={self.mode!r}, address={self._address!r})"

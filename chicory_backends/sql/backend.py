@@ -32,13 +32,13 @@ from chicory_backends.sql.engine import (
 )
 from chicory_backends.sql.migrate import current_revision, upgrade_in_process
 from chicory_backends.sql.notify import (
-    ReadBatcher,
     ResultListener,
     connect_listener,
     wait_notified,
 )
 from chicory_backends.sql.schema import SCHEMA_REVISION
 from chicory_backends.types import BackendStatus, TaskResult, TaskState, WorkerStats
+from chicory_backends.waiting import ReadBatcher
 
 
 class DatabaseBackend(Backend):
