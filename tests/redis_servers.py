@@ -383,3 +383,15 @@ def redis_throwaway() -> Iterator[RedisServer]:
     server = RedisServer(password=f"pw-{uuid.uuid4().hex}-secret").start()
     yield server
     server.remove()
+
+
+def throwaway_config(server: RedisServer, **overrides: Any) -> RedisBackendConfig:
+    fields: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "port": server.port,
+        "db": 0,
+        "password": server.password,
+        "socket_timeout": 2,
+        "key_prefix": f"t-{uuid.uuid4().hex[:8]}",
+    }
+    return RedisBackendConfig(**(fields | overrides))

@@ -19,6 +19,7 @@ from redis_servers import (  # noqa: F401  (fixtures are used by name)
     redis_sentinel,
     redis_throwaway,
     single_node_config,
+    throwaway_config,
 )
 from services import free_port
 
@@ -352,18 +353,6 @@ async def test_connect_to_a_closed_port_fails_fast_and_stays_unconnected() -> No
     assert info.value.address == backend.config.address()
     with pytest.raises(NotConnectedError):
         await backend.get_result("t")
-
-
-def throwaway_config(server: RedisServer, **overrides: Any) -> RedisBackendConfig:
-    fields: dict[str, Any] = {
-        "host": "127.0.0.1",
-        "port": server.port,
-        "db": 0,
-        "password": server.password,
-        "socket_timeout": 2,
-        "key_prefix": f"t-{uuid.uuid4().hex[:8]}",
-    }
-    return RedisBackendConfig(**(fields | overrides))
 
 
 @pytest.fixture

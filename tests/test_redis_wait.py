@@ -24,6 +24,7 @@ from redis_servers import (  # noqa: F401  (fixtures are used by name)
     redis_cluster,
     redis_sentinel,
     redis_throwaway,
+    throwaway_config,
 )
 
 from chicory_backends.config import RedisBackendConfig
@@ -429,18 +430,6 @@ async def test_10000_concurrent_waits_share_one_subscription(
 
 
 # -- a lost subscription, a stopped server, a refused SUBSCRIBE (servers of our own) ------
-
-
-def throwaway_config(server: RedisServer, **overrides: Any) -> RedisBackendConfig:
-    fields: dict[str, Any] = {
-        "host": "127.0.0.1",
-        "port": server.port,
-        "db": 0,
-        "password": server.password,
-        "socket_timeout": 2,
-        "key_prefix": f"t-{uuid.uuid4().hex[:8]}",
-    }
-    return RedisBackendConfig(**(fields | overrides))
 
 
 @pytest.fixture
