@@ -16,10 +16,13 @@ from sqlalchemy import (
     Column,
     ColumnElement,
     Executable,
+    String,
     Table,
+    any_,
     bindparam,
     case,
     delete,
+    literal_column,
     or_,
     select,
     text,
@@ -31,6 +34,9 @@ from chicory_backends.sql.schema import task_results, worker_heartbeats
 from chicory_backends.types import TERMINAL_STATES
 
 TERMINAL = sorted(str(state) for state in TERMINAL_STATES)
+# Inlined as SQL literals: a list of bound values would be an "expanding" parameter that
+# SQLAlchemy re-renders into the statement on every execution.
+_TERMINAL_LITERALS: list[ColumnElement[str]] = [literal_column(f"'{state}'") for state in TERMINAL]
 
 RESULT_INSERT_COLUMNS = (
     "task_id", "state", "result", "error", "traceback", "created_at", "updated_at", "expires_at"
@@ -62,7 +68,7 @@ class Statements:
 
 def _may_write(existing_state: ColumnElement[Any], incoming_state: ColumnElement[Any]) -> Any:
     """A terminal write always lands; a non-terminal one only over a non-terminal row."""
-    return or_(incoming_state.in_(TERMINAL), existing_state.not_in(TERMINAL))
+    return or_(incoming_state.in_(_TERMINAL_LITERALS), existing_state.not_in(_TERMINAL_LITERALS))
 
 
 def _on_conflict_upsert(
@@ -142,6 +148,15 @@ _select_heartbeats = select(worker_heartbeats.c.worker_id, worker_heartbeats.c.s
 )
 
 
+def _any_of_ids(dialect_name: str) -> ColumnElement[bool]:
+    """``task_id`` in :task_ids; on PostgreSQL one array parameter (``= ANY($1)``), so that
+    any number of ids shares one prepared statement instead of a new one per list length."""
+    if dialect_name == "postgresql":
+        ids = bindparam("task_ids", type_=postgresql.ARRAY(String))
+        return task_results.c.task_id == any_(ids)
+    return task_results.c.task_id.in_(bindparam("task_ids", expanding=True))
+
+
 def statements_for(dialect: Dialect, cleanup_batch_size: int = 5000) -> Statements:
     name = dialect.name
     upsert: Callable[[Table, Sequence[str], Sequence[str], bool], Executable]
@@ -184,9 +199,7 @@ def statements_for(dialect: Dialect, cleanup_batch_size: int = 5000) -> Statemen
         set_state=upsert(task_results, STATE_INSERT_COLUMNS, STATE_UPDATE_COLUMNS, True),
         store_heartbeat=upsert(worker_heartbeats, HEARTBEAT_COLUMNS, HEARTBEAT_COLUMNS[1:], False),
         get_result=_select_results.where(task_results.c.task_id == bindparam("task_id")),
-        get_results=_select_results.where(
-            task_results.c.task_id.in_(bindparam("task_ids", expanding=True))
-        ),
+        get_results=_select_results.where(_any_of_ids(name)),
         delete_result=delete(task_results).where(task_results.c.task_id == bindparam("task_id")),
         get_heartbeat=_select_heartbeats.where(
             worker_heartbeats.c.worker_id == bindparam("worker_id")
