@@ -17,7 +17,7 @@ from chicory_backends.config import SQLBackendConfig
 from chicory_backends.factory import config_for, sql_config_from_url
 from chicory_backends.sql.engine import create_engine
 from chicory_backends.sql.migrate import VERSION_TABLE, migration_lock
-from chicory_backends.sql.schema import metadata
+from chicory_backends.sql.schema import POSTGRESQL_ONLY_TABLES, metadata
 
 config = context.config
 
@@ -34,9 +34,18 @@ def _backend_config() -> SQLBackendConfig:
     return backend_config
 
 
+def _include_object(
+    _object: object, name: str | None, type_: str, reflected: bool, _compare_to: object
+) -> bool:
+    """Leave the PostgreSQL-only tables (revision 0003's waiters) out of autogenerate: they
+    are not in the shared metadata, which describes the tables of every dialect."""
+    return not (type_ == "table" and name in POSTGRESQL_ONLY_TABLES)
+
+
 def _configure(**kwargs: object) -> None:
     context.configure(
         target_metadata=metadata,
+        include_object=_include_object,
         version_table=VERSION_TABLE,
         compare_type=True,
         render_as_batch=True,

@@ -76,12 +76,14 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
 
 
 def _count_sql(backend: DatabaseBackend, io: list[int]) -> None:
+    # Every statement, SQLAlchemy's or the hot path's on the driver connection, needs a
+    # connection from the pool first: a call that takes none cannot have reached the server.
     assert backend._engine is not None
 
     def count(*_args: Any) -> None:
         io[0] += 1
 
-    event.listen(backend._engine.sync_engine, "before_cursor_execute", count)
+    event.listen(backend._engine.sync_engine, "checkout", count)
 
 
 def _count_redis(backend: Any, io: list[int]) -> None:

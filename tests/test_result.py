@@ -434,3 +434,139 @@ async def test_ten_thousand_concurrent_waits_use_bounded_connections(
     config = pg.config
     assert peak.get(LISTENER_APPLICATION_NAME) == 1
     assert sum(peak.values()) <= config.pool_size + config.max_overflow + 1, peak
+
+
+# -- PostgreSQL: notify only when someone waits (revision 0003) ---------------------------
+
+
+async def _waiter_rows(admin: Any, task_id: str) -> int:
+    count: int = await admin.fetchval(
+        "SELECT count(*) FROM chicory_result_waiters WHERE task_id = $1", task_id
+    )
+    return count
+
+
+async def _until_rows(admin: Any, task_id: str, rows: int, within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
+    while await _waiter_rows(admin, task_id) != rows:
+        assert time.monotonic() < deadline, f"{task_id} never had {rows} waiter rows"
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def pg_listen(pg_admin: Any) -> AsyncIterator[asyncio.Queue[str]]:
+    """Every payload on chicory_results, heard on a raw connection of the test's own."""
+    heard: asyncio.Queue[str] = asyncio.Queue()
+
+    def on_notification(_connection: Any, _pid: int, _channel: str, payload: str) -> None:
+        heard.put_nowait(payload)
+
+    await pg_admin.add_listener("chicory_results", on_notification)
+    yield heard
+    await pg_admin.remove_listener("chicory_results", on_notification)
+
+
+async def test_a_store_nobody_waits_for_sends_no_notification(
+    pg_writer: Backend, pg_listen: asyncio.Queue[str]
+) -> None:
+    task_id = _id()
+    await pg_writer.store_result(task_id, _success(task_id, "unwatched"))
+    await asyncio.sleep(0.3)
+    assert pg_listen.empty()
+
+
+async def test_a_store_someone_waits_for_is_notified_and_the_row_goes(
+    pg: DatabaseBackend, pg_writer: Backend, pg_admin: Any, pg_listen: asyncio.Queue[str]
+) -> None:
+    task_id = _id()
+    waiting = asyncio.create_task(AsyncResult(task_id, pg).get(timeout=30))
+    await _until_rows(pg_admin, task_id, 1)
+    await pg_writer.store_result(task_id, _success(task_id, "watched"))
+    assert await asyncio.wait_for(pg_listen.get(), 2) == task_id
+    assert await waiting == "watched"
+    await _until_rows(pg_admin, task_id, 0)  # unregistered once the wait is over
+
+
+async def test_a_writer_that_checked_before_the_registration_is_waited_for(
+    pg: DatabaseBackend, pg_admin: Any, sql_databases: Callable[[str], SQLBackendConfig]
+) -> None:
+    """The race 0003 closes: a writer's trigger found no waiter (so it will not notify), but
+    the writer commits only after the waiter registered. The waiter's fence waits for that
+    commit, so its read finds the result: no lost wake-up, no wait for the 60 s poll."""
+    url = sql_databases("postgres").sqlalchemy_url()
+    writer = await asyncpg.connect(
+        user=url.username, password=url.password, host=url.host, port=url.port,
+        database=url.database,
+    )  # fmt: skip
+    task_id = _id()
+    try:
+        transaction = writer.transaction()
+        await transaction.start()
+        await writer.execute(
+            "INSERT INTO chicory_task_results (task_id, state, result, created_at, updated_at) "
+            "VALUES ($1, 'SUCCESS', '\"raced\"', now(), now())",
+            task_id,
+        )  # the trigger has run: no registration yet, so no NOTIFY at commit
+        waiting = asyncio.create_task(AsyncResult(task_id, pg).get(timeout=30))
+        await _until_rows(pg_admin, task_id, 1)  # registered (committed) ...
+        blocked = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        deadline = time.monotonic() + 5
+        while await pg_admin.fetchval(blocked) == 0:  # ... and fencing, behind the writer
+            assert time.monotonic() < deadline, "the waiter never waited for the writer"
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.2)
+        assert not waiting.done()
+        committed = time.monotonic()
+        await transaction.commit()
+        assert await waiting == "raced"
+        assert time.monotonic() - committed < 1.0  # the poll cap is 60 s
+    finally:
+        await writer.close()
+    await _until_rows(pg_admin, task_id, 0)
+
+
+async def test_waiters_of_one_task_share_a_row_until_the_last_leaves(
+    pg: DatabaseBackend, pg_writer: Backend, pg_admin: Any
+) -> None:
+    task_id = _id()
+    first = asyncio.create_task(AsyncResult(task_id, pg).get(timeout=30))
+    second = asyncio.create_task(AsyncResult(task_id, pg).get(timeout=30))
+    await _until_rows(pg_admin, task_id, 1)
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    await asyncio.sleep(0.2)
+    assert await _waiter_rows(pg_admin, task_id) == 1  # the second still waits
+    await pg_writer.store_result(task_id, _success(task_id, "shared"))
+    assert await second == "shared"
+    await _until_rows(pg_admin, task_id, 0)
+
+
+async def test_waiter_rows_go_after_timeouts(pg: DatabaseBackend, pg_admin: Any) -> None:
+    prefix = f"timeout-{uuid.uuid4().hex[:8]}-"
+    ids = [f"{prefix}{n}" for n in range(50)]
+    outcomes = await asyncio.gather(*(pg.wait_for_result(task_id, timeout=0.3) for task_id in ids))
+    assert outcomes == [None] * len(ids)
+    deadline = time.monotonic() + 5
+    while await pg_admin.fetchval(
+        "SELECT count(*) FROM chicory_result_waiters WHERE task_id LIKE $1", prefix + "%"
+    ):
+        assert time.monotonic() < deadline, "waiter rows left behind"
+        await asyncio.sleep(0.02)
+    assert pg._waiters is not None and pg._waiters.waited_for == 0
+
+
+async def test_stale_client_cleanup_deletes_old_waiter_rows(
+    pg: DatabaseBackend, pg_admin: Any
+) -> None:
+    stale, fresh = _id(), _id()
+    await pg_admin.execute(
+        "INSERT INTO chicory_result_waiters (task_id, waiter, registered_at) VALUES "
+        "($1, gen_random_uuid(), now() - interval '2 days'), ($2, gen_random_uuid(), now())",
+        stale,
+        fresh,
+    )
+    await pg.cleanup_stale_clients()
+    assert await _waiter_rows(pg_admin, stale) == 0
+    assert await _waiter_rows(pg_admin, fresh) == 1
+    await pg_admin.execute("DELETE FROM chicory_result_waiters WHERE task_id = $1", fresh)

@@ -25,6 +25,7 @@ from urllib.parse import quote
 import pytest
 from owned_servers import OWNED_PASSWORD, OwnedServer, TlsFiles, owned
 from pydantic import SecretStr
+from sent_sql import sent_statements
 from services import MYSQL_ADMIN_URL, POSTGRES_ADMIN_URL, free_port
 from sql_databases import (
     migrated_database,
@@ -523,13 +524,7 @@ async def test_task_ids_are_bound_parameters_never_sql(sql_config: SQLBackendCon
         assert backend._engine is not None
         canary = f"canary-{uuid.uuid4()}"
         await backend.store_result(canary, TaskResult(task_id=canary, state=TaskState.SUCCESS))
-        statements: list[str] = []
-
-        def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-            statements.append(statement)
-
-        event.listen(backend._engine.sync_engine, "before_cursor_execute", record)
-        try:
+        async with sent_statements(backend, templates=True) as statements:
             for task_id in INJECTIONS:
                 stored = TaskResult(task_id=task_id, state=TaskState.FAILURE, error=task_id)
                 await backend.set_state(task_id, TaskState.STARTED)
@@ -539,8 +534,6 @@ async def test_task_ids_are_bound_parameters_never_sql(sql_config: SQLBackendCon
                 assert set(got) == {task_id, canary}
                 await backend.store_heartbeat(task_id, stats(task_id))
                 assert await backend.get_heartbeat(task_id) == stats(task_id)
-        finally:
-            event.remove(backend._engine.sync_engine, "before_cursor_execute", record)
         assert statements
         for statement in statements:  # placeholders such as ? and $1 are in there, of course
             for task_id in INJECTIONS:

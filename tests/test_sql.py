@@ -7,17 +7,18 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from conftest import MakeBackend
+from sent_sql import sent_statements
 from services import free_port
-from sqlalchemy import event, func, insert, select, text
+from sqlalchemy import func, insert, select, text
 from sqlalchemy.dialects import mssql
 from sqlalchemy.schema import CreateTable
+from test_contract import stats
 
 from chicory_backends import (
     BackendUnreachableError,
@@ -49,38 +50,28 @@ async def backend(sql_backend: DatabaseBackend) -> DatabaseBackend:
     return sql_backend
 
 
-@contextmanager
-def counted_statements(backend: DatabaseBackend) -> Iterator[list[str]]:
-    assert backend._engine is not None
-    seen: list[str] = []
-
-    def record(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
-        seen.append(statement)
-
-    target = backend._engine.sync_engine
-    event.listen(target, "before_cursor_execute", record)
-    try:
-        yield seen
-    finally:
-        event.remove(target, "before_cursor_execute", record)
-
-
 async def test_each_operation_is_one_statement(backend: DatabaseBackend) -> None:
     task_id = f"t-{uuid.uuid4()}"
     result = TaskResult(task_id=task_id, state=TaskState.SUCCESS, result={"value": 1})
-    await backend.get_result(task_id)  # warm the pool: connecting runs set-up queries
-    operations = [
-        backend.set_state(task_id, TaskState.STARTED),
-        backend.store_result(task_id, result),
-        backend.get_result(task_id),
-        backend.get_results([task_id, "other"]),
-        backend.delete_result(task_id),
+    operations: list[Callable[[], Awaitable[object]]] = [
+        lambda: backend.set_state(task_id, TaskState.STARTED),
+        lambda: backend.store_result(task_id, result),
+        lambda: backend.get_result(task_id),
+        lambda: backend.get_results([task_id, "other"]),
+        lambda: backend.delete_result(task_id),
+        lambda: backend.store_heartbeat(task_id, stats(task_id)),
+        lambda: backend.get_heartbeat(task_id),
+        lambda: backend.get_active_workers(),
     ]
+    # Warm up: connecting runs set-up queries, and asyncpg looks up each parameter type
+    # it has not met before (varchar[]) once per connection.
     for operation in operations:
-        with counted_statements(backend) as seen:
-            await operation
+        await operation()
+    for operation in operations:
+        async with sent_statements(backend) as seen:
+            await operation()
         assert len(seen) == 1, seen
-        assert not any(s.strip().upper().startswith(("BEGIN", "COMMIT")) for s in seen)
+        assert not any(s.strip().upper().startswith(("BEGIN", "COMMIT", "ROLLBACK")) for s in seen)
 
 
 async def _insert_rows(
@@ -111,7 +102,7 @@ async def test_cleanup_deletes_in_bounded_batches(make_backend) -> None:  # type
     await _insert_rows(backend, 12, now, now - timedelta(seconds=5))  # expired
     keep = f"t-{uuid.uuid4()}"
     await backend.store_result(keep, TaskResult(task_id=keep, state=TaskState.SUCCESS))
-    with counted_statements(backend) as seen:
+    async with sent_statements(backend) as seen:
         deleted = await backend.cleanup_old_results(older_than_seconds=86400)
     assert deleted == 37
     # 12 expired: batches of 10 + 2; 25 old: 10 + 10 + 5

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import CursorResult, Engine, Executable, event, text
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.util import greenlet_spawn
+from sqlalchemy.util import await_only, greenlet_spawn
 
 from chicory_backends.base import Backend
 from chicory_backends.codec import (
@@ -24,6 +24,7 @@ from chicory_backends.codec import (
 )
 from chicory_backends.config import PostgresBackendConfig, SQLBackendConfig
 from chicory_backends.errors import BackendUnreachableError, NotConnectedError, SchemaNotReadyError
+from chicory_backends.sql.compiled import DriverStatement, compile_for_driver, run_on_driver
 from chicory_backends.sql.dialects import Statements, statements_for
 from chicory_backends.sql.engine import (
     create_engine,
@@ -32,7 +33,11 @@ from chicory_backends.sql.engine import (
 )
 from chicory_backends.sql.migrate import current_revision, upgrade_in_process
 from chicory_backends.sql.notify import (
+    AWAIT_WRITERS,
+    REGISTER_WAITERS,
+    UNREGISTER_WAITERS,
     ResultListener,
+    WaiterRegistry,
     connect_listener,
     wait_notified,
 )
@@ -54,6 +59,7 @@ class DatabaseBackend(Backend):
         self._statements: Statements | None = None
         self._ttl = timedelta(seconds=config.result_ttl) if config.result_ttl else None
         self._in_transaction = needs_transaction_per_statement(config)
+        self._driver_statements: dict[int, DriverStatement] = {}
 
     def __repr__(self) -> str:
         state = "connected" if self._engine else "not connected"
@@ -77,6 +83,7 @@ class DatabaseBackend(Backend):
             await engine.dispose()
             raise SchemaNotReadyError(found, SCHEMA_REVISION)
         self._statements = statements_for(engine.dialect, self.config.cleanup_batch_size)
+        self._driver_statements = self._compile_for_driver(engine, self._statements)
         self._engine = engine
 
     async def disconnect(self) -> None:
@@ -184,8 +191,11 @@ class DatabaseBackend(Backend):
     async def cleanup_stale_clients(self, stale_seconds: float = 60.0) -> int:
         async with self._connected_for_maintenance():
             stmts = self._require()
-            cutoff = _utcnow() - timedelta(seconds=stale_seconds)
-            return await self._delete_in_batches(stmts.delete_stale_heartbeats, cutoff)
+            now = _utcnow()
+            cutoff = now - timedelta(seconds=stale_seconds)
+            deleted = await self._delete_in_batches(stmts.delete_stale_heartbeats, cutoff)
+            await self._delete_stale_waiters(now)  # not counted: heartbeats are the clients
+            return deleted
 
     async def healthcheck(self) -> BackendStatus:
         if self._engine is None:
@@ -204,19 +214,23 @@ class DatabaseBackend(Backend):
     # Made at the first wait on PostgreSQL, closed when the engine is disposed.
     _listener: ResultListener | None = None
     _reads: ReadBatcher | None = None
+    _waiters: WaiterRegistry | None = None
 
     async def wait_for_result(
         self,
         task_id: str,
         timeout: float | None = None,  # noqa: ASYNC109
     ) -> TaskResult | None:
-        """On PostgreSQL, woken by the NOTIFY that revision 0002's trigger sends with each
-        terminal store (see sql/notify.py); on the other dialects, and behind PgBouncer,
-        which cannot carry LISTEN, the contract's polling."""
+        """On PostgreSQL, woken by the NOTIFY that the trigger (revisions 0002, 0003) sends
+        with a terminal store of a task id registered as waited for (see sql/notify.py); on
+        the other dialects, and behind PgBouncer, which cannot carry LISTEN, the contract's
+        polling."""
         listener = self._result_listener()
-        if listener is None or self._reads is None:
+        if listener is None or self._reads is None or self._waiters is None:
             return await super().wait_for_result(task_id, timeout)
-        return await wait_notified(listener, self._reads, check_task_id(task_id), timeout)
+        return await wait_notified(
+            listener, self._waiters, self._reads, check_task_id(task_id), timeout
+        )
 
     def _result_listener(self) -> ResultListener | None:
         """This backend's one LISTEN connection holder, or None where NOTIFY is not used."""
@@ -236,7 +250,26 @@ class DatabaseBackend(Backend):
             event.listen(engine.sync_engine, "engine_disposed", lambda _engine: listener.close())
             self._listener = listener
             self._reads = ReadBatcher(lambda task_ids: self.get_results(task_ids))
+        if self._waiters is None:
+            # Registrations are rows, not session state: they outlive a lost listening
+            # connection, and one registry (one token) serves the backend's lifetime. Its
+            # statements run on the ordinary pool.
+            self._waiters = WaiterRegistry(self._run_registry_statement)
         return self._listener
+
+    async def _delete_stale_waiters(self, now: datetime) -> None:
+        """Registrations left by a process that died while waiting only cost needless
+        NOTIFYs; ``cleanup_stale_clients`` deletes those older than STALE_WAITER_AGE (a
+        live wait longer than that loses its push wake-up). PostgreSQL only: the table
+        exists nowhere else."""
+        engine = self._engine
+        if engine is not None and engine.dialect.name == "postgresql":
+            await self._execute(_DELETE_STALE_WAITERS, {"cutoff": now - STALE_WAITER_AGE})
+
+    async def _run_registry_statement(self, sql: str, params: dict[str, Any]) -> object:
+        if sql == AWAIT_WRITERS:
+            return await self._fetch(_REGISTRY_STATEMENTS[sql], params)
+        return await self._execute(_REGISTRY_STATEMENTS[sql], params)
 
     # -- plumbing --------------------------------------------------------------------
 
@@ -244,6 +277,25 @@ class DatabaseBackend(Backend):
         if self._statements is None or self._engine is None:
             raise NotConnectedError(type(self).__name__)
         return self._statements
+
+    def _compile_for_driver(
+        self, engine: AsyncEngine, stmts: Statements
+    ) -> dict[int, DriverStatement]:
+        """The hot single-row statements compiled for the driver, by ``id`` of the statement.
+
+        Left out, and so run through SQLAlchemy: behind PgBouncer (a transaction around
+        each statement), with ``echo`` (SQLAlchemy logs the SQL), and on drivers the fast
+        path does not call.
+        """
+        if self._in_transaction or self.config.echo:
+            return {}
+        hot = (
+            stmts.set_state, stmts.store_result, stmts.get_result, stmts.get_results,
+            stmts.delete_result, stmts.store_heartbeat, stmts.get_heartbeat,
+            stmts.get_active_workers,
+        )  # fmt: skip
+        compiled = {id(stmt): compile_for_driver(stmt, engine.dialect) for stmt in hot}
+        return {key: value for key, value in compiled.items() if value is not None}
 
     def _expiry(self, now: datetime) -> datetime | None:
         return now + self._ttl if self._ttl else None
@@ -265,7 +317,8 @@ class DatabaseBackend(Backend):
 
         The whole checkout-execute-return runs in one greenlet on the sync engine: the
         AsyncConnection wrappers would cost a greenlet switch each for connect, execute,
-        fetch and close, which is most of the time of a local query.
+        fetch and close, which is most of the time of a local query. The hot statements,
+        compiled at connect, skip SQLAlchemy's Connection too (``_run_on_driver``).
 
         A connection the server dropped (restart, failover, idle timeout) is found on use
         rather than by a pre-ping on every checkout; every statement here is idempotent, so
@@ -285,6 +338,11 @@ class DatabaseBackend(Backend):
                     def start_clock() -> None:
                         deadline.reschedule(loop.time() + command_timeout)
 
+                    fast = self._driver_statements.get(id(statement))
+                    if fast is not None:
+                        return await greenlet_spawn(
+                            _run_on_driver, engine.sync_engine, fast, params, fetch, start_clock
+                        )
                     return await greenlet_spawn(
                         _run_on_pool,
                         engine.sync_engine,
@@ -347,6 +405,76 @@ def _run_on_pool(
         on_checkout()
         result: CursorResult[Any] = connection.execute(statement, params)
         return list(result.all()) if fetch else result.rowcount
+
+
+STALE_WAITER_AGE = timedelta(days=1)
+_DELETE_STALE_WAITERS = text("DELETE FROM chicory_result_waiters WHERE registered_at < :cutoff")
+
+# Compiled once: the waiter registry's statements (PostgreSQL only).
+_REGISTRY_STATEMENTS = {
+    sql: text(sql) for sql in (REGISTER_WAITERS, UNREGISTER_WAITERS, AWAIT_WRITERS)
+}
+
+
+def _run_on_driver(
+    engine: Engine,
+    statement: DriverStatement,
+    params: Mapping[str, Any],
+    fetch: bool,
+    on_checkout: Callable[[], None],
+) -> int | list[Any]:
+    """``statement`` on the pooled driver connection, skipping SQLAlchemy's Connection.
+
+    Driver errors come out as SQLAlchemy's DBAPIError, as from ``_run_on_pool``, with
+    ``connection_invalidated`` set (and the connection discarded) when the server dropped
+    it; a call cancelled mid-statement (``command_timeout``) discards the connection too.
+    """
+    dialect = engine.dialect
+    args = statement.arguments(params)
+    try:
+        pooled = engine.raw_connection()
+    except dialect.loaded_dbapi.Error as error:
+        raise DBAPIError.instance(
+            None, None, error, dialect.loaded_dbapi.Error, hide_parameters=True,
+            connection_invalidated=dialect.is_disconnect(error, None, None), dialect=dialect,
+        ) from error  # fmt: skip
+    try:
+        on_checkout()
+        try:
+            return await_only(
+                run_on_driver(dialect.driver, pooled.driver_connection, statement, args, fetch)
+            )
+        except Exception as error:
+            orig = _adapted_error(pooled.dbapi_connection, error)
+            if isinstance(orig, dialect.loaded_dbapi.Error):
+                dropped = dialect.is_disconnect(orig, pooled.dbapi_connection, None)
+                wrapped = DBAPIError.instance(
+                    statement.sql, None, orig, dialect.loaded_dbapi.Error,
+                    hide_parameters=True, connection_invalidated=dropped, dialect=dialect,
+                )  # fmt: skip
+            else:
+                dropped = isinstance(orig, OSError)
+                wrapped = DBAPIError(
+                    statement.sql, None, orig, hide_parameters=True,
+                    connection_invalidated=dropped,
+                )  # fmt: skip
+            if dropped:
+                pooled.invalidate(orig)
+            raise wrapped from error
+        except BaseException:  # cancelled mid-statement: the connection's state is unknown
+            pooled.invalidate()
+            raise
+    finally:
+        pooled.close()
+
+
+def _adapted_error(dbapi_connection: Any, error: Exception) -> BaseException:
+    """The DBAPI exception SQLAlchemy's async adapter makes of a raw driver exception."""
+    try:
+        dbapi_connection._handle_exception(error)
+    except Exception as adapted:
+        return adapted
+    return error
 
 
 def _utcnow() -> datetime:

@@ -1,21 +1,42 @@
 """Push wake-ups for waiting clients on PostgreSQL: LISTEN/NOTIFY on one connection.
 
-Revision 0002 installs a trigger that runs ``pg_notify('chicory_results', task_id)`` in
-the same transaction that stores a terminal result, so a notification exists exactly when
-a finished result is readable. Each backend listens on ONE direct asyncpg connection
-(opened at the first wait, closed at disconnect, re-opened if lost) and dispatches
-payloads to per-task futures: ten thousand waiters cost one listening connection, and
-their reads are batched into ``get_results`` round trips on the ordinary pool.
+Revision 0002 installed a trigger that runs ``pg_notify('chicory_results', task_id)`` in
+the same transaction that stores a terminal result; since 0003 it notifies only when the
+task id is registered in ``chicory_result_waiters``, because notifying transactions commit
+one at a time (no shared WAL flush) and waiting clients are rare next to stores. Each
+backend listens on ONE direct asyncpg connection (opened at the first wait, closed at
+disconnect, re-opened if lost) and dispatches payloads to per-task futures: ten thousand
+waiters cost one listening connection, a few batched registration statements and batched
+``get_results`` reads on the ordinary pool.
 
-Waiting is "register, then read, then sleep": a result stored before the waiter was
-registered is seen by the read, one stored after it wakes the waiter. When the listening
-connection is lost every waiter is woken to listen again and re-read, so a notification
-sent while nobody listened is never needed.
+A wait is "listen, register, fence, read, sleep":
+
+1. the listening connection is up and the task's future is in place;
+2. the task id is registered (committed) under this backend's token, once however many
+   local waiters share it; the row is deleted when its last local waiter leaves;
+3. the fence, ``chicory_await_result_writers``, takes and drops the task's advisory lock
+   exclusively: it waits for every writer that holds it shared;
+4. the result is read once;
+5. the waiter sleeps until notified.
+
+Why no wake-up is lost: the trigger takes the lock (shared) BEFORE it checks the waiters
+table and keeps it until its transaction has committed and its row is visible. A writer
+whose check ran after our registration committed sees it and notifies at commit, and we
+were listening since step 1: either the notification reaches us or, if the commit came
+before our read, the read sees the row. A writer whose check ran before the registration
+committed already held the lock then, so the fence (after the registration) waits for its
+commit and the read (after the fence) sees its row. (This needs the writer's check to take
+a fresh snapshot, as a volatile plpgsql function in READ COMMITTED does: our stores are
+single autocommit statements.) When the listening connection is lost every waiter is
+woken to listen again and re-read, so a notification sent while nobody listened is never
+needed; the registrations stay, being rows rather than session state.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -26,15 +47,34 @@ from chicory_backends.types import TaskResult
 from chicory_backends.waiting import ReadBatcher
 
 __all__ = [
+    "AWAIT_WRITERS",
     "CHANNEL",
     "LISTENER_APPLICATION_NAME",
+    "REGISTER_WAITERS",
+    "UNREGISTER_WAITERS",
     "ResultListener",
+    "WaiterRegistry",
     "connect_listener",
     "wait_notified",
 ]
 
 CHANNEL = "chicory_results"
 LISTENER_APPLICATION_NAME = "chicory-backends-listener"
+
+# The statements of the registry, for the backend's ordinary (autocommit) engine; each
+# takes a batch of ids as :task_ids and this backend's token as :waiter.
+REGISTER_WAITERS = (
+    "INSERT INTO chicory_result_waiters (task_id, waiter, registered_at) "
+    "SELECT unnest(CAST(:task_ids AS text[])), CAST(:waiter AS uuid), now() "
+    "ON CONFLICT DO NOTHING"
+)
+UNREGISTER_WAITERS = (
+    "DELETE FROM chicory_result_waiters "
+    "WHERE waiter = CAST(:waiter AS uuid) AND task_id = ANY(CAST(:task_ids AS text[]))"
+)
+AWAIT_WRITERS = "SELECT chicory_await_result_writers(CAST(:task_ids AS text[]))"
+
+_log = logging.getLogger(__name__)
 
 # URL options SQLAlchemy's asyncpg dialect understands but asyncpg.connect() does not.
 _SQLALCHEMY_ONLY = ("prepared_statement_cache_size", "prepared_statement_name_func")
@@ -188,6 +228,141 @@ class ResultListener:
                 return
 
 
+Statement = Callable[[str, dict[str, Any]], Awaitable[object]]
+
+
+class WaiterRegistry:
+    """This backend's rows in ``chicory_result_waiters``: one per task id waited for.
+
+    ``acquire`` returns once the id is registered (committed) and fenced (step 2 and 3 of
+    the module docstring); every ``acquire`` must be matched by one ``release``, whether it
+    returned or raised. Local waiters of one id share its row, counted here; the row is
+    deleted, in the background, when the last one releases it.
+
+    Registrations and deletions go out in batches (``max_batch`` ids per statement) from
+    one background task, in order, so a deletion never overtakes the re-registration of
+    the same id; the fences of the batches run concurrently.
+    """
+
+    def __init__(self, run: Statement, max_batch: int = 1000) -> None:
+        self.token = str(uuid.uuid4())
+        self._run = run
+        self._max_batch = max_batch
+        self._counts: dict[str, int] = {}
+        # Registered (or being registered) ids; the future resolves once fenced.
+        self._ready: dict[str, asyncio.Future[None]] = {}
+        self._to_register: dict[str, asyncio.Future[None]] = {}
+        self._to_delete: set[str] = set()
+        self._pump: asyncio.Task[None] | None = None
+        self._fences: set[asyncio.Task[None]] = set()
+
+    @property
+    def waited_for(self) -> int:
+        """How many distinct task ids have local waiters."""
+        return len(self._counts)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing left to register, fence or delete."""
+        return (
+            not self._to_register
+            and not self._to_delete
+            and (self._pump is None or self._pump.done())
+            and not self._fences
+        )
+
+    async def acquire(self, task_id: str) -> None:
+        self._counts[task_id] = self._counts.get(task_id, 0) + 1
+        self._to_delete.discard(task_id)  # its row, if any, stays
+        ready = self._ready.get(task_id)
+        if ready is None:
+            ready = asyncio.get_running_loop().create_future()
+            ready.add_done_callback(_retrieve)
+            self._ready[task_id] = ready
+            self._to_register[task_id] = ready
+            self._kick()
+        await asyncio.shield(ready)
+
+    def release(self, task_id: str) -> None:
+        left = self._counts.get(task_id, 0) - 1
+        if left > 0:
+            self._counts[task_id] = left
+            return
+        self._counts.pop(task_id, None)
+        self._to_delete.add(task_id)
+        self._kick()
+
+    def _kick(self) -> None:
+        if self._pump is None or self._pump.done():
+            self._pump = asyncio.get_running_loop().create_task(self._work())
+
+    async def _work(self) -> None:
+        await asyncio.sleep(0)  # let the acquisitions of this loop turn join the batch
+        while self._to_register or self._to_delete:
+            # Ids nobody waits for any more lose their row; those re-acquired since keep it.
+            deletes = [task_id for task_id in self._to_delete if task_id not in self._counts]
+            self._to_delete.clear()
+            registers: dict[str, asyncio.Future[None]] = {}
+            for task_id, ready in self._to_register.items():
+                if task_id in self._counts:
+                    registers[task_id] = ready
+                elif not ready.done():
+                    ready.cancel()
+            self._to_register.clear()
+            for task_id in deletes:
+                self._ready.pop(task_id, None)
+            for chunk in self._chunks(deletes):
+                try:
+                    await self._run(UNREGISTER_WAITERS, {"task_ids": chunk, "waiter": self.token})
+                except Exception as error:  # a stale row costs needless notifies only
+                    _log.warning("could not unregister %d waiters: %s", len(chunk), error)
+            for chunk in self._chunks(list(registers)):
+                batch = {task_id: registers[task_id] for task_id in chunk}
+                try:
+                    await self._run(REGISTER_WAITERS, {"task_ids": chunk, "waiter": self.token})
+                except BaseException as error:
+                    self._fail(batch, error)
+                    if not isinstance(error, Exception):
+                        raise
+                    continue
+                fence = asyncio.get_running_loop().create_task(self._fence(batch))
+                self._fences.add(fence)
+                fence.add_done_callback(self._fences.discard)
+
+    async def _fence(self, batch: dict[str, asyncio.Future[None]]) -> None:
+        try:
+            await self._run(AWAIT_WRITERS, {"task_ids": list(batch)})
+        except BaseException as error:
+            self._fail(batch, error)
+            if not isinstance(error, Exception):
+                raise
+            return
+        for ready in batch.values():
+            if not ready.done():
+                ready.set_result(None)
+
+    def _fail(self, batch: dict[str, asyncio.Future[None]], error: BaseException) -> None:
+        for task_id, ready in batch.items():
+            if self._ready.get(task_id) is ready:
+                del self._ready[task_id]  # the next acquire registers again
+            if ready.done():
+                continue
+            if isinstance(error, Exception):
+                ready.set_exception(error)
+            else:
+                ready.cancel()
+
+    def _chunks(self, ids: list[str]) -> list[list[str]]:
+        return [
+            ids[start : start + self._max_batch] for start in range(0, len(ids), self._max_batch)
+        ]
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 def _current_task() -> asyncio.Task[Any] | None:
     try:
         return asyncio.current_task()
@@ -197,28 +372,38 @@ def _current_task() -> asyncio.Task[Any] | None:
 
 async def wait_notified(
     listener: ResultListener,
+    registry: WaiterRegistry,
     reads: ReadBatcher,
     task_id: str,
     timeout: float | None,  # noqa: ASYNC109
 ) -> TaskResult | None:
-    """Subscribe, read once, then sleep until notified; None when ``timeout`` passes first."""
+    """Listen, register and fence, read once, then sleep until notified (see the module
+    docstring); None when ``timeout`` passes first."""
     if timeout is not None and timeout <= 0:  # a look, not a wait: nothing to listen for
         result = await reads.get(task_id)
         return result if result is not None and result.state.is_terminal else None
     scope = asyncio.timeout(timeout)
     try:
         async with scope:
-            while True:
-                waiter = await listener.subscribe(task_id)
-                try:
-                    result = await reads.get(task_id)
-                    if result is not None and result.state.is_terminal:
-                        return result
-                    await waiter
-                finally:
-                    listener.unsubscribe(task_id, waiter)
-                    if not waiter.done():
-                        waiter.cancel()
+            registered = False
+            try:
+                while True:
+                    waiter = await listener.subscribe(task_id)  # 1: listening
+                    try:
+                        if not registered:
+                            registered = True  # released below even if acquire raises
+                            await registry.acquire(task_id)  # 2 and 3: registered, fenced
+                        result = await reads.get(task_id)  # 4
+                        if result is not None and result.state.is_terminal:
+                            return result
+                        await waiter  # 5; or woken by a lost connection: listen again
+                    finally:
+                        listener.unsubscribe(task_id, waiter)
+                        if not waiter.done():
+                            waiter.cancel()
+            finally:
+                if registered:
+                    registry.release(task_id)
     except TimeoutError:
         if scope.expired():
             return None

@@ -21,9 +21,16 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeEngine
 
 # The Alembic revision these tables correspond to; connect() refuses any other.
-SCHEMA_REVISION = "0002"
+SCHEMA_REVISION = "0003"
 
 metadata = MetaData()
+
+# PostgreSQL only (revision 0003): who waits for which task, so that the NOTIFY trigger
+# fires only when someone listens (see sql/notify.py). Not in ``metadata``: the other
+# dialects have no such table, and `alembic check` would report it missing there; env.py
+# leaves it out of the comparison instead.
+RESULT_WAITERS_TABLE = "chicory_result_waiters"
+POSTGRESQL_ONLY_TABLES = frozenset({RESULT_WAITERS_TABLE})
 
 # Microseconds and UTC on every dialect: MySQL's plain DATETIME drops fractions, and
 # SQL Server's DATETIME rounds to 3 ms.
