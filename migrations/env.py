@@ -9,6 +9,7 @@ library upgrades in-process (auto_migrate), it hands its connection over in
 from __future__ import annotations
 
 import asyncio
+from logging.config import fileConfig
 
 from alembic import context
 from sqlalchemy import Connection
@@ -20,6 +21,11 @@ from chicory_backends.sql.migrate import VERSION_TABLE, migration_lock
 from chicory_backends.sql.schema import POSTGRESQL_ONLY_TABLES, metadata
 
 config = context.config
+
+# The alembic command line logs what it runs; inside the library (auto_migrate, the CLI)
+# the application's own logging configuration stays untouched.
+if config.config_file_name is not None and "connection" not in config.attributes:
+    fileConfig(config.config_file_name, disable_existing_loggers=False)
 
 
 def _backend_config() -> SQLBackendConfig:
