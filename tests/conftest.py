@@ -13,11 +13,17 @@ from sqlalchemy import delete
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from redis_servers import REDIS_MODES, redis_backends
+from redis_servers import (  # noqa: F401  (session fixtures, found by name)
+    REDIS_MODES,
+    redis_backends,
+    redis_cluster,
+    redis_sentinel,
+)
 from sql_databases import SQL_KINDS, migrated_database, run_database_name
 
 from chicory_backends.base import Backend
 from chicory_backends.config import SQLBackendConfig
+from chicory_backends.redis import RedisBackend
 from chicory_backends.sql.backend import DatabaseBackend
 from chicory_backends.sql.schema import task_results, worker_heartbeats
 
@@ -99,3 +105,24 @@ async def make_sql_backend(
 @pytest.fixture
 async def sql_backend(make_sql_backend: MakeBackend) -> Backend:
     return await make_sql_backend()
+
+
+# -- the Redis modes, for the Redis-only test modules ---------------------------------
+
+
+@pytest.fixture(params=REDIS_MODES)
+def mode(request: pytest.FixtureRequest) -> str:
+    """Each Redis mode; the session fixtures own (and finally stop) the servers it starts."""
+    if request.param == "redis-sentinel":
+        request.getfixturevalue("redis_sentinel")
+    elif request.param == "redis-cluster":
+        request.getfixturevalue("redis_cluster")
+    return str(request.param)
+
+
+@pytest.fixture
+async def make(mode: str) -> AsyncIterator[Callable[..., Awaitable[RedisBackend]]]:
+    """RedisBackends of one mode sharing one fresh key prefix (a waiter and a writer see
+    the same results); their keys are deleted afterwards."""
+    async with redis_backends(mode) as factory:
+        yield factory

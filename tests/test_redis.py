@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -59,22 +59,6 @@ def stats(worker_id: str) -> WorkerStats:
 
 def result(task_id: str, state: TaskState = S.SUCCESS, value: Any = None, **kw: Any) -> TaskResult:
     return TaskResult(task_id=task_id, state=state, result=value, **kw)
-
-
-@pytest.fixture(params=REDIS_MODES)
-def mode(request: pytest.FixtureRequest) -> str:
-    """Each mode; the session fixtures own (and finally stop) the test-started servers."""
-    if request.param == "redis-sentinel":
-        request.getfixturevalue("redis_sentinel")
-    elif request.param == "redis-cluster":
-        request.getfixturevalue("redis_cluster")
-    return str(request.param)
-
-
-@pytest.fixture
-async def make(mode: str) -> AsyncIterator[Make]:
-    async with redis_backends(mode) as factory:
-        yield factory
 
 
 @pytest.fixture

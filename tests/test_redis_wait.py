@@ -54,23 +54,6 @@ def new_id() -> str:
     return f"task-{uuid.uuid4().hex}"
 
 
-@pytest.fixture(params=REDIS_MODES)
-def mode(request: pytest.FixtureRequest) -> str:
-    """Each mode; the session fixtures own (and finally stop) the test-started servers."""
-    if request.param == "redis-sentinel":
-        request.getfixturevalue("redis_sentinel")
-    elif request.param == "redis-cluster":
-        request.getfixturevalue("redis_cluster")
-    return str(request.param)
-
-
-@pytest.fixture
-async def make(mode: str) -> AsyncIterator[Make]:
-    """Backends sharing one fresh key prefix: a waiter and a writer see the same results."""
-    async with redis_backends(mode) as factory:
-        yield factory
-
-
 def no_polling(backend: RedisBackend) -> RedisBackend:
     backend.poll_interval_start = backend.poll_interval_cap = SLOW
     backend.recheck_interval = SLOW

@@ -234,12 +234,12 @@ class DatabaseBackend(Backend):
 
     def _result_listener(self) -> ResultListener | None:
         """This backend's one LISTEN connection holder, or None where NOTIFY is not used."""
-        self._require()
+        stmts = self._require()
         engine = self._engine
         config = self.config
         if (
             engine is None
-            or engine.dialect.name != "postgresql"
+            or stmts.delete_stale_waiters is None  # no waiter registry: not PostgreSQL
             or not isinstance(config, PostgresBackendConfig)
             or config.pgbouncer
         ):
@@ -262,9 +262,9 @@ class DatabaseBackend(Backend):
         NOTIFYs; ``cleanup_stale_clients`` deletes those older than STALE_WAITER_AGE (a
         live wait longer than that loses its push wake-up). PostgreSQL only: the table
         exists nowhere else."""
-        engine = self._engine
-        if engine is not None and engine.dialect.name == "postgresql":
-            await self._execute(_DELETE_STALE_WAITERS, {"cutoff": now - STALE_WAITER_AGE})
+        statement = self._require().delete_stale_waiters
+        if statement is not None:
+            await self._execute(statement, {"cutoff": now - STALE_WAITER_AGE})
 
     async def _run_registry_statement(self, sql: str, params: dict[str, Any]) -> object:
         if sql == AWAIT_WRITERS:
@@ -408,7 +408,6 @@ def _run_on_pool(
 
 
 STALE_WAITER_AGE = timedelta(days=1)
-_DELETE_STALE_WAITERS = text("DELETE FROM chicory_result_waiters WHERE registered_at < :cutoff")
 
 # Compiled once: the waiter registry's statements (PostgreSQL only).
 _REGISTRY_STATEMENTS = {

@@ -64,6 +64,9 @@ class Statements:
     delete_stale_heartbeats: Executable
     lock_migrations: str | None
     unlock_migrations: str | None
+    # PostgreSQL only: the waiter registry behind LISTEN/NOTIFY wake-ups (revision 0003)
+    # exists there alone; None elsewhere, where waiting polls.
+    delete_stale_waiters: Executable | None
 
 
 def _may_write(existing_state: ColumnElement[Any], incoming_state: ColumnElement[Any]) -> Any:
@@ -216,4 +219,9 @@ def statements_for(dialect: Dialect, cleanup_batch_size: int = 5000) -> Statemen
         ),
         lock_migrations=lock,
         unlock_migrations=unlock,
+        delete_stale_waiters=(
+            text("DELETE FROM chicory_result_waiters WHERE registered_at < :cutoff")
+            if name == "postgresql"
+            else None
+        ),
     )
