@@ -24,8 +24,12 @@ class SQLBackendConfig(_Settings):
     url: SecretStr | None = Field(
         default=None, description="Full SQLAlchemy URL; overrides the separate fields"
     )
-    pool_size: int = Field(default=10, ge=1)
-    max_overflow: int = Field(default=10, ge=0)
+    pool_size: int = Field(
+        default=10, ge=1, description="Connections kept open at most (see engine.pool_options)"
+    )
+    max_overflow: int = Field(
+        default=0, ge=0, description="Added to pool_size; these connections are kept too"
+    )
     pool_timeout: float = Field(default=30.0, gt=0)
     pool_recycle: int = Field(default=3600, description="Seconds; -1 keeps connections forever")
     connect_timeout: float = Field(default=10.0, gt=0)

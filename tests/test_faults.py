@@ -221,6 +221,32 @@ async def test_server_stopped_mid_stream(
     assert (await backend.healthcheck()).connected
 
 
+@pytest.mark.parametrize("server", ["postgres", "mysql"], indirect=True)
+async def test_server_restarted_mid_batch(server: OwnedServer, backend: Backend) -> None:
+    """32 writers, as a Chicory worker runs them, so stores travel in coalesced batches
+    while the server is killed and started again: every acknowledged store reads back."""
+    stream = Stream(backend)
+    workers = [asyncio.create_task(stream.worker()) for _ in range(32)]
+    try:
+        await stream.until(lambda: len(stream.stored) >= 300, "stores before the kill", workers)
+        await asyncio.to_thread(server.restart, crash=True)
+        stored_at_restart = len(stream.stored)
+        await stream.until(
+            lambda: len(stream.stored) >= stored_at_restart + 300, "stores after", workers
+        )
+    finally:
+        stream.stop.set()
+        done = await asyncio.gather(*workers, return_exceptions=True)
+    for outcome in done:
+        if isinstance(outcome, BaseException):
+            raise outcome
+    found = await read_all(backend, stream.stored)
+    missing = [task_id for task_id in stream.stored if task_id not in found]
+    assert not missing, f"{len(missing)} acknowledged stores lost, e.g. {missing[:3]}"
+    for task_id in stream.stored:
+        assert found[task_id].result == payload(task_id, int(task_id.rsplit("-", 1)[1]))
+
+
 async def test_calls_while_down_fail_fast_and_name_the_address(
     server: OwnedServer, backend: Backend
 ) -> None:

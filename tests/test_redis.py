@@ -14,6 +14,7 @@ from redis_servers import (  # noqa: F401  (fixtures are used by name)
     REDIS_MODES,
     RedisServer,
     SentinelTopology,
+    redis_backend_for,
     redis_backends,
     redis_cluster,
     redis_sentinel,
@@ -441,3 +442,28 @@ async def test_sentinel_master_restart(request: pytest.FixtureRequest) -> None:
             topology.master.start()
         await backend.store_result("t", result("t", S.SUCCESS, 2))
         assert await backend.get_result("t") == result("t", S.SUCCESS, 2)
+
+
+async def test_bursts_never_open_more_connections_than_the_pool_holds() -> None:
+    """Bursts far wider than max_connections, batch after batch: the pool keeps what it
+    opened (redis-py's pools never close a returned connection), so it opens at most its
+    maximum over the whole run."""
+    async with redis_backend_for("redis", max_connections=3, pool_timeout=30) as rb:
+        assert rb._client is not None
+        pool = rb._client.connection_pool
+        opened = [0]
+        make_connection = pool.make_connection
+
+        def counted() -> Any:
+            opened[0] += 1
+            return make_connection()
+
+        pool.make_connection = counted  # type: ignore[method-assign]
+        for round_ in range(20):
+            ids = [f"burst-{round_}-{n}" for n in range(64)]
+            await asyncio.gather(
+                *(rb.store_result(i, result(i, S.SUCCESS, n)) for n, i in enumerate(ids))
+            )
+            found = await asyncio.gather(*(rb.get_result(i) for i in ids))
+            assert [r.result if r else None for r in found] == list(range(64))
+        assert opened[0] <= 3 - 1, opened  # connect() opened the first one

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import await_only, greenlet_spawn
 
 from chicory_backends.base import Backend
+from chicory_backends.coalesce import Coalescer
 from chicory_backends.codec import (
     build_result,
     check_task_id,
@@ -23,8 +24,19 @@ from chicory_backends.codec import (
     encode_value,
 )
 from chicory_backends.config import PostgresBackendConfig, SQLBackendConfig
-from chicory_backends.errors import BackendUnreachableError, NotConnectedError, SchemaNotReadyError
-from chicory_backends.sql.compiled import DriverStatement, compile_for_driver, run_on_driver
+from chicory_backends.errors import (
+    BackendUnreachableError,
+    CorruptResultError,
+    DatabaseError,
+    NotConnectedError,
+    SchemaNotReadyError,
+)
+from chicory_backends.sql.compiled import (
+    DriverStatement,
+    compile_for_driver,
+    run_many_on_driver,
+    run_on_driver,
+)
 from chicory_backends.sql.dialects import Statements, statements_for
 from chicory_backends.sql.engine import (
     create_engine,
@@ -45,12 +57,27 @@ from chicory_backends.sql.schema import SCHEMA_REVISION
 from chicory_backends.types import BackendStatus, TaskResult, TaskState, WorkerStats
 from chicory_backends.waiting import ReadBatcher
 
+# How many batches of each kind may be at the server at once. One more lets a batch form
+# while another commits; more than that only splits the same calls into smaller batches.
+WRITE_SENDS = 2
+READ_SENDS = 2
+MAX_BATCH_CALLS = 500  # well under every driver's parameter limit for one statement
+MAX_BATCH_BYTES = 1 << 20  # results, errors and tracebacks of one write batch
+
+
+def _row_may_be_at_fault(error: BaseException) -> bool:
+    """A batch refused by the server (not lost with it) may be one row's fault."""
+    return isinstance(error, DatabaseError | CorruptResultError)
+
 
 class DatabaseBackend(Backend):
     """Results and heartbeats in PostgreSQL, MySQL/MariaDB, SQLite or SQL Server.
 
     Every operation is one statement; writes are upserts with the terminal-state guard
-    inside, so concurrent writers of one task id never collide.
+    inside, so concurrent writers of one task id never collide. Concurrent ``set_state``
+    / ``store_result`` calls go to the server as one multi-row upsert, and concurrent
+    ``get_result`` calls as one ``IN``/``ANY`` read (see coalesce.py); a lone call is sent
+    at once.
     """
 
     def __init__(self, config: SQLBackendConfig) -> None:
@@ -60,6 +87,24 @@ class DatabaseBackend(Backend):
         self._ttl = timedelta(seconds=config.result_ttl) if config.result_ttl else None
         self._in_transaction = needs_transaction_per_statement(config)
         self._driver_statements: dict[int, DriverStatement] = {}
+        self._connecting = asyncio.Lock()
+        self._write_calls: Coalescer[dict[str, Any], None] = Coalescer(
+            self._write_one,
+            self._write_batch,
+            exclusive=True,
+            max_in_flight=WRITE_SENDS,
+            max_calls=MAX_BATCH_CALLS,
+            max_bytes=MAX_BATCH_BYTES,
+            isolate=_row_may_be_at_fault,
+        )
+        self._read_calls: Coalescer[str, TaskResult | None] = Coalescer(
+            self._read_one,
+            self._read_batch,
+            exclusive=False,
+            max_in_flight=READ_SENDS,
+            max_calls=MAX_BATCH_CALLS,
+            isolate=_row_may_be_at_fault,
+        )
 
     def __repr__(self) -> str:
         state = "connected" if self._engine else "not connected"
@@ -68,8 +113,11 @@ class DatabaseBackend(Backend):
     # -- lifecycle -------------------------------------------------------------------
 
     async def connect(self) -> None:
-        if self._engine is not None:
-            return
+        async with self._connecting:  # callers racing here share one engine
+            if self._engine is None:
+                await self._connect()
+
+    async def _connect(self) -> None:
         engine = create_engine(self.config)
         try:
             if self.config.auto_migrate:
@@ -87,6 +135,8 @@ class DatabaseBackend(Backend):
         self._engine = engine
 
     async def disconnect(self) -> None:
+        await self._write_calls.drain()  # what was acknowledged-to-be is written first
+        await self._read_calls.drain()
         engine, self._engine = self._engine, None
         if engine is not None:
             await engine.dispose()
@@ -96,41 +146,56 @@ class DatabaseBackend(Backend):
     async def set_state(self, task_id: str, state: TaskState) -> None:
         stmts = self._require()
         now = _utcnow()
-        await self._execute(
-            stmts.set_state,
-            {
-                "task_id": check_task_id(task_id),
-                "state": TaskState(state).value,
-                "created_at": now,
-                "updated_at": now,
-                "expires_at": self._expiry(now),
-            },
-        )
+        params = {
+            "task_id": check_task_id(task_id),
+            "state": TaskState(state).value,
+            "created_at": now,
+            "updated_at": now,
+            "expires_at": self._expiry(now),
+        }
+        await self._write_calls.submit(stmts.set_state, task_id, params)
 
     async def store_result(self, task_id: str, result: TaskResult) -> None:
         stmts = self._require()
         check_task_id(task_id)
         now = _utcnow()
-        await self._execute(
-            stmts.store_result,
-            {
-                "task_id": task_id,
-                "state": TaskState(result.state).value,
-                "result": encode_value(task_id, result.result, self.config.max_result_bytes),
-                "error": check_text(task_id, "error", result.error),
-                "traceback": check_text(task_id, "traceback", result.traceback),
-                "created_at": now,
-                "updated_at": now,
-                "expires_at": self._expiry(now),
-            },
-        )
+        value = encode_value(task_id, result.result, self.config.max_result_bytes)
+        error = check_text(task_id, "error", result.error)
+        traceback = check_text(task_id, "traceback", result.traceback)
+        params = {
+            "task_id": task_id,
+            "state": TaskState(result.state).value,
+            "result": value,
+            "error": error,
+            "traceback": traceback,
+            "created_at": now,
+            "updated_at": now,
+            "expires_at": self._expiry(now),
+        }
+        size = sum(len(text) for text in (value, error, traceback) if text)
+        await self._write_calls.submit(stmts.store_result, task_id, params, size)
 
     async def get_result(self, task_id: str) -> TaskResult | None:
+        self._require()
+        return await self._read_calls.submit(None, check_task_id(task_id), task_id)
+
+    async def _write_one(self, statement: Hashable, params: dict[str, Any]) -> None:
+        assert isinstance(statement, Executable)
+        await self._execute(statement, params)
+
+    async def _write_batch(self, statement: Hashable, batch: list[dict[str, Any]]) -> list[None]:
+        assert isinstance(statement, Executable)
+        await self._run(statement, batch, fetch=False)
+        return [None] * len(batch)
+
+    async def _read_one(self, _group: Hashable, task_id: str) -> TaskResult | None:
         stmts = self._require()
-        rows = await self._fetch(
-            stmts.get_result, {"task_id": check_task_id(task_id), "now": _utcnow()}
-        )
+        rows = await self._fetch(stmts.get_result, {"task_id": task_id, "now": _utcnow()})
         return build_result(*rows[0]) if rows else None
+
+    async def _read_batch(self, _group: Hashable, task_ids: list[str]) -> list[TaskResult | None]:
+        found = await self.get_results(task_ids)
+        return [found.get(task_id) for task_id in task_ids]
 
     async def get_results(self, task_ids: Iterable[str]) -> dict[str, TaskResult]:
         stmts = self._require()
@@ -311,9 +376,14 @@ class DatabaseBackend(Backend):
         return result
 
     async def _run(
-        self, statement: Executable, params: Mapping[str, Any], *, fetch: bool
+        self,
+        statement: Executable,
+        params: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+        *,
+        fetch: bool,
     ) -> int | list[Any]:
-        """One statement on a pooled connection.
+        """One statement on a pooled connection (once per row, in one round trip and one
+        commit, when ``params`` is a list of rows: a coalesced batch).
 
         The whole checkout-execute-return runs in one greenlet on the sync engine: the
         AsyncConnection wrappers would cost a greenlet switch each for connect, execute,
@@ -396,13 +466,17 @@ class _MaybeConnected:
 def _run_on_pool(
     engine: Engine,
     statement: Executable,
-    params: Mapping[str, Any],
+    params: Mapping[str, Any] | Sequence[Mapping[str, Any]],
     fetch: bool,
     in_transaction: bool,
     on_checkout: Callable[[], None],
 ) -> int | list[Any]:
-    with engine.begin() if in_transaction else engine.connect() as connection:
+    many = not isinstance(params, Mapping)
+    with engine.begin() if in_transaction or many else engine.connect() as connection:
         on_checkout()
+        if not isinstance(params, Mapping):  # a batch: the driver's executemany
+            connection.execute(statement, list(params))
+            return 0
         result: CursorResult[Any] = connection.execute(statement, params)
         return list(result.all()) if fetch else result.rowcount
 
@@ -418,7 +492,7 @@ _REGISTRY_STATEMENTS = {
 def _run_on_driver(
     engine: Engine,
     statement: DriverStatement,
-    params: Mapping[str, Any],
+    params: Mapping[str, Any] | Sequence[Mapping[str, Any]],
     fetch: bool,
     on_checkout: Callable[[], None],
 ) -> int | list[Any]:
@@ -429,7 +503,8 @@ def _run_on_driver(
     it; a call cancelled mid-statement (``command_timeout``) discards the connection too.
     """
     dialect = engine.dialect
-    args = statement.arguments(params)
+    rows = None if isinstance(params, Mapping) else [statement.arguments(row) for row in params]
+    args = statement.arguments(params) if isinstance(params, Mapping) else ()
     try:
         pooled = engine.raw_connection()
     except dialect.loaded_dbapi.Error as error:
@@ -440,9 +515,11 @@ def _run_on_driver(
     try:
         on_checkout()
         try:
-            return await_only(
-                run_on_driver(dialect.driver, pooled.driver_connection, statement, args, fetch)
-            )
+            driver = pooled.driver_connection
+            if rows is not None:
+                await_only(run_many_on_driver(dialect.driver, driver, statement, rows))
+                return 0
+            return await_only(run_on_driver(dialect.driver, driver, statement, args, fetch))
         except Exception as error:
             orig = _adapted_error(pooled.dbapi_connection, error)
             if isinstance(orig, dialect.loaded_dbapi.Error):

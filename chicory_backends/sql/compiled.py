@@ -83,6 +83,31 @@ async def run_on_driver(
         await cursor.close()
 
 
+async def run_many_on_driver(
+    driver_name: str, driver: Any, statement: DriverStatement, rows: list[tuple[Any, ...]]
+) -> None:
+    """``statement`` once per row, as one round trip and one commit where the driver can.
+
+    asyncpg pipelines the executions and makes them atomic; aiomysql rewrites an
+    ``INSERT .. VALUES (..) ON DUPLICATE KEY UPDATE`` into one multi-row statement;
+    aiosqlite runs them in one transaction, so the batch costs one commit, not one a row.
+    """
+    sql = statement.sql
+    if driver_name == "asyncpg":
+        await driver.executemany(sql, rows)
+    elif driver_name == "aiomysql":
+        async with driver.cursor() as cursor:
+            await cursor.executemany(sql, rows)
+    else:
+        await driver.execute("BEGIN IMMEDIATE")
+        try:
+            await driver.executemany(sql, rows)
+        except BaseException:
+            await driver.rollback()
+            raise
+        await driver.commit()
+
+
 def _status_rowcount(status: str) -> int:
     """The row count at the end of a PostgreSQL command tag (``DELETE 3``, ``INSERT 0 1``)."""
     count = status.rpartition(" ")[2]

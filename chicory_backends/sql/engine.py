@@ -75,16 +75,10 @@ def create_engine(config: SQLBackendConfig, *, autocommit: bool = True) -> Async
         options["skip_autocommit_rollback"] = True
     connect_args: dict[str, Any] = {}
     mysql_tls: ssl.SSLContext | None = None
-    if isinstance(config, SQLiteBackendConfig):
-        if is_memory_sqlite(url.database):
-            options["poolclass"] = StaticPool
+    if isinstance(config, SQLiteBackendConfig) and is_memory_sqlite(url.database):
+        options["poolclass"] = StaticPool
     else:
-        options.update(
-            pool_size=config.pool_size,
-            max_overflow=config.max_overflow,
-            pool_timeout=config.pool_timeout,
-            pool_recycle=config.pool_recycle,
-        )
+        options.update(pool_options(config))
     if isinstance(config, PostgresBackendConfig):
         connect_args["timeout"] = config.connect_timeout
         connect_args["server_settings"] = {"application_name": "chicory-backends"}
@@ -118,6 +112,26 @@ def create_engine(config: SQLBackendConfig, *, autocommit: bool = True) -> Async
     if mysql_tls is not None:
         _refuse_plain_text(engine)
     return engine
+
+
+def pool_options(config: SQLBackendConfig) -> dict[str, Any]:
+    """A pool that never churns: every connection it opens stays until ``pool_recycle``.
+
+    SQLAlchemy closes an overflow connection as soon as it comes back to a full pool, so
+    a burst wider than ``pool_size`` (Chicory's worker runs 32 tasks at once) opened and
+    closed connections at the rate of the bursts: a new server session for every second
+    task. Here ``max_overflow`` only raises the ceiling: the pool holds up to
+    ``pool_size + max_overflow`` connections, opened on demand and kept. Coalesced writes
+    and reads (coalesce.py) keep the number a worker needs small, so the default ceiling
+    of 10 serves any ``--concurrency``; size it per process (``--workers`` processes each
+    have their own pool, plus one listening connection on PostgreSQL).
+    """
+    return {
+        "pool_size": config.pool_size + config.max_overflow,
+        "max_overflow": 0,
+        "pool_timeout": config.pool_timeout,
+        "pool_recycle": config.pool_recycle,
+    }
 
 
 _MYSQL_TLS_OPTIONS = (
