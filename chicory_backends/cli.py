@@ -1,9 +1,10 @@
 """The ``chicory-backends`` command: migrate, clean up and inspect a result backend.
 
 The backend is the one the library would use: ``CHICORY_BACKEND_TYPE`` and its
-``CHICORY_BACKEND_<TYPE>_*`` variables, or ``--url``. Every failure is one line on stderr,
-never with the password in it: exit 2 for a configuration or usage problem, 1 for
-anything at run time (unreachable server, schema not migrated, database error).
+``CHICORY_BACKEND_<TYPE>_*`` variables (environment, then ``.env``), or ``--url``.
+Every failure is one line on stderr, never with the password in it: exit 2 for a
+configuration or usage problem (a missing driver included), 1 for anything at run time
+(unreachable server, schema not migrated, database error).
 """
 
 from __future__ import annotations
@@ -29,13 +30,20 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.engine.default import DefaultExecutionContext
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from chicory_backends.alembic_ini import alembic_ini
 from chicory_backends.config import AnyBackendConfig, PostgresBackendConfig, SQLBackendConfig
 from chicory_backends.errors import (
     ChicoryBackendError,
     ConfigurationError,
     SchemaNotReadyError,
 )
-from chicory_backends.factory import config_for, create_backend, kind_from_url, resolve_kind
+from chicory_backends.factory import (
+    config_for,
+    create_backend,
+    kind_from_url,
+    require_driver,
+    resolve_kind,
+)
 from chicory_backends.sql.backend import DatabaseBackend
 from chicory_backends.sql.engine import create_engine, translate_error
 from chicory_backends.sql.migrate import alembic_config, current_revision
@@ -140,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[_common_options(None)],
         description="Operate a chicory-backends result store. The backend comes from "
         "CHICORY_BACKEND_TYPE (postgres, mysql, sqlite, mssql, redis; default sqlite) "
-        "and its CHICORY_BACKEND_<TYPE>_* variables, or from --url.",
+        "and its CHICORY_BACKEND_<TYPE>_* variables (environment, then .env), or --url.",
     )
     parser.set_defaults(json=False)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -151,6 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     migrate.add_argument("--sql", action="store_true", help="print the SQL instead of running it")
     migrate.set_defaults(handler=run_migrate)
+
+    ini = commands.add_parser(
+        "alembic-ini",
+        parents=common,
+        help="print an alembic.ini for this installation (> alembic.ini, then alembic ...)",
+    )
+    ini.set_defaults(handler=run_alembic_ini, needs_backend=False)
 
     cleanup = commands.add_parser(
         "cleanup", parents=common, help="delete expired results and results untouched for long"
@@ -295,6 +310,12 @@ def run_migrate(args: argparse.Namespace, target: Target) -> int:
         "upgraded": before != after,
     }
     emit(args, payload, text)
+    return EXIT_OK
+
+
+def run_alembic_ini(args: argparse.Namespace) -> int:
+    text = alembic_ini()
+    emit(args, {"alembic_ini": text}, text.rstrip("\n"))
     return EXIT_OK
 
 
@@ -526,19 +547,29 @@ def run_workers(args: argparse.Namespace, target: Target) -> int:
 # -- entry point ---------------------------------------------------------------------
 
 
+def needs_driver(args: argparse.Namespace) -> bool:
+    """Every command talks to the backend, except offline SQL (``migrate --sql``)."""
+    return not (args.command == "migrate" and args.sql)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler: Callable[[argparse.Namespace, Target], int] = args.handler
     try:
-        return handler(args, resolve_target(args.url))
+        if not getattr(args, "needs_backend", True):
+            return int(args.handler(args))
+        target = resolve_target(args.url)
+        if needs_driver(args):
+            require_driver(target.config)  # DriverNotInstalledError names what to install
+        handler: Callable[[argparse.Namespace, Target], int] = args.handler
+        return handler(args, target)
     except ConfigurationError as error:
         fail(str(error))
         return EXIT_CONFIG
     except ChicoryBackendError as error:
         fail(str(error))
         return EXIT_RUNTIME
-    except ImportError as error:  # the driver of this backend kind is not installed
-        fail(f"{error}: install the extra of this backend, e.g. 'chicory-backends[postgres]'")
+    except ImportError as error:
+        fail(f"a module chicory-backends needs cannot be imported: {error}")
         return EXIT_CONFIG
     except KeyboardInterrupt:
         fail("interrupted")

@@ -1,4 +1,9 @@
-"""Backend settings from ``CHICORY_BACKEND_*`` variables, named as in Chicory's documentation."""
+"""Backend settings from ``CHICORY_BACKEND_*`` variables, named as in Chicory's documentation.
+
+As in Chicory 0.1.0, every class also reads a ``.env`` file (UTF-8) in the working
+directory; a variable set in the environment wins over the same one in ``.env``, and an
+argument given to the class wins over both.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,17 @@ from chicory_backends.errors import ConfigurationError
 
 
 class _Settings(BaseSettings):
-    model_config = SettingsConfigDict(extra="ignore", env_ignore_empty=True)
+    model_config = SettingsConfigDict(
+        extra="ignore", env_ignore_empty=True, env_file=".env", env_file_encoding="utf-8"
+    )
+
+
+class BackendSelection(_Settings):
+    """``CHICORY_BACKEND_TYPE``: a settings class of its own so that it comes from the same
+    sources, in the same order, as every backend's variables (``.env`` included)."""
+
+    model_config = SettingsConfigDict(env_prefix="CHICORY_BACKEND_")
+    type: str | None = None
 
 
 class SQLBackendConfig(_Settings):

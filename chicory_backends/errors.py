@@ -11,6 +11,20 @@ class ConfigurationError(ChicoryBackendError):
     """The configuration cannot describe a working backend."""
 
 
+class DriverNotInstalledError(ConfigurationError):
+    """The driver of a backend kind cannot be imported: names what to install.
+
+    Raised when the backend is created, not at the first connect(), so that a missing
+    extra or system library shows up as one clear line instead of an ImportError from
+    deep inside SQLAlchemy or the driver.
+    """
+
+    def __init__(self, backend: str, problem: str, install: str) -> None:
+        self.backend = backend
+        self.install = install
+        super().__init__(f"the {backend} backend cannot load its driver ({problem}): {install}")
+
+
 class NotConnectedError(ChicoryBackendError):
     def __init__(self, backend: str) -> None:
         super().__init__(f"{backend} is not connected: call 'await backend.connect()' first")
@@ -25,7 +39,8 @@ class BackendUnreachableError(ChicoryBackendError):
 
 
 class DatabaseError(ChicoryBackendError):
-    """The database refused a statement for a reason that is neither reachability nor schema."""
+    """The server refused a statement or command for a reason that is neither
+    reachability nor schema: the same error from SQL and from Redis (an error reply)."""
 
 
 class PoolExhaustedError(ChicoryBackendError):

@@ -1,6 +1,8 @@
 """A short tour on the embedded SQLite default: store, read, expire, clean up.
 
-Run by `make demo`, after `alembic upgrade head` created the tables.
+Runs as it stands (`python examples/demo.py`): auto_migrate creates the tables at
+connect() on a new file. `make demo` migrates first, as a deploy would, with
+`alembic upgrade head`; connect() then finds the schema at head and changes nothing.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from chicory_backends.sql.backend import DatabaseBackend
 
 
 async def main() -> None:
-    config = SQLiteBackendConfig(result_ttl=1)  # CHICORY_BACKEND_SQLITE_FILE_PATH picks the file
+    # CHICORY_BACKEND_SQLITE_FILE_PATH picks the file (default chicory_results.db).
+    config = SQLiteBackendConfig(result_ttl=1, auto_migrate=True)
     backend = create_backend("sqlite", config)
     assert isinstance(backend, DatabaseBackend)
     print(f"backend: {backend!r}")

@@ -15,7 +15,8 @@ from alembic import context
 from sqlalchemy import Connection
 
 from chicory_backends.config import SQLBackendConfig
-from chicory_backends.factory import config_for, sql_config_from_url
+from chicory_backends.errors import DriverNotInstalledError
+from chicory_backends.factory import config_for, require_driver, sql_config_from_url
 from chicory_backends.sql.engine import create_engine
 from chicory_backends.sql.migrate import VERSION_TABLE, migration_lock
 from chicory_backends.sql.schema import POSTGRESQL_ONLY_TABLES, metadata
@@ -74,7 +75,14 @@ def run_on(connection: Connection) -> None:
 
 
 async def run_async() -> None:
-    engine = create_engine(_backend_config(), autocommit=False)
+    backend_config = _backend_config()
+    try:
+        require_driver(backend_config)
+    except DriverNotInstalledError as error:
+        if config.cmd_opts is None:  # called from Python: the caller gets our error
+            raise
+        raise SystemExit(f"alembic: {error}") from None  # the command line: one line
+    engine = create_engine(backend_config, autocommit=False)
     try:
         async with engine.connect() as connection:
             await connection.run_sync(run_on)

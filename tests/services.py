@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+from typing import NoReturn
 
 import pytest
 
@@ -36,14 +37,32 @@ def port_open(host: str, port: int, timeout: float = 1.0) -> bool:
         return False
 
 
+def missing(message: str) -> NoReturn:
+    """Skip with the reason, or fail with it under CHICORY_TEST_REQUIRE_SERVICES=1."""
+    if services_required():
+        pytest.fail(f"{message}, and CHICORY_TEST_REQUIRE_SERVICES=1", pytrace=False)
+    pytest.skip(message)
+
+
 def require(name: str, host: str, port: int) -> None:
     """Skip (or, under CHICORY_TEST_REQUIRE_SERVICES=1, fail) when host:port is closed."""
-    if port_open(host, port):
-        return
-    message = f"{name} is not reachable at {host}:{port}"
-    if services_required():
-        pytest.fail(f"{message} and CHICORY_TEST_REQUIRE_SERVICES=1", pytrace=False)
-    pytest.skip(f"{message}; start it (see README) to run these tests")
+    if not port_open(host, port):
+        missing(f"{name} is not reachable at {host}:{port}; start it (see README)")
+
+
+ODBC_PACKAGES = "Debian/Ubuntu: apt-get install unixodbc tdsodbc"
+
+
+def require_odbc(driver: str | None = None) -> None:
+    """The SQL Server client stack: pyodbc must load unixODBC's libodbc (a system package,
+    not a pip one), and ``driver``, if named, must be registered with unixODBC."""
+    try:
+        import pyodbc
+    except ImportError as error:
+        missing(f"pyodbc cannot be imported ({error}): the SQL Server tests need unixODBC "
+                f"and FreeTDS ({ODBC_PACKAGES})")  # fmt: skip
+    if driver is not None and driver not in pyodbc.drivers():
+        missing(f"no ODBC driver {driver!r} is registered with unixODBC ({ODBC_PACKAGES})")
 
 
 def free_port() -> int:

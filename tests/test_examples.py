@@ -34,12 +34,13 @@ CASES: dict[str, tuple[tuple[str, ...], str]] = {
     ),
     "result_ttl": (("redis",), "result ttl: the result expired after 1 s"),
     "cleanup": (("postgres",), "cleanup: deleted 3 expired or old row(s)"),
+    "demo": ((), "demo finished: stored, read, expired and cleaned results on SQLite"),
 }
 
 
 def test_every_example_is_covered() -> None:
     scripts = {path.stem for path in EXAMPLES.glob("*.py") if not path.stem.startswith("_")}
-    assert scripts - {"demo"} == set(CASES)
+    assert scripts == set(CASES)
 
 
 @pytest.fixture(scope="module")
@@ -90,11 +91,12 @@ def _require(server: str) -> None:
 
 
 @pytest.mark.parametrize("example", sorted(CASES))
-def test_example_runs(example: str, request: pytest.FixtureRequest) -> None:
+def test_example_runs(example: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
     servers, expected = CASES[example]
     for server in servers:
         _require(server)
     env = dict(os.environ)
+    env["CHICORY_BACKEND_SQLITE_FILE_PATH"] = str(tmp_path / "results.db")  # a new file
     if "postgres" in servers:
         env["CHICORY_BACKEND_POSTGRES_URL"] = request.getfixturevalue("postgres_url")
         env["CHICORY_BACKEND_POSTGRES_AUTO_MIGRATE"] = "true"

@@ -7,11 +7,10 @@ over TCP (owned_servers.py), so that a real login, a wrong password and TLS can 
 
 from __future__ import annotations
 
-import ast
 import asyncio
-import importlib.util
 import logging
 import os
+import re
 import ssl
 import subprocess
 import sys
@@ -26,7 +25,7 @@ import pytest
 from owned_servers import OWNED_PASSWORD, OwnedServer, TlsFiles, owned
 from pydantic import SecretStr
 from sent_sql import sent_statements
-from services import MYSQL_ADMIN_URL, POSTGRES_ADMIN_URL, free_port
+from services import MYSQL_ADMIN_URL, POSTGRES_ADMIN_URL, free_port, require_odbc
 from sql_databases import (
     migrated_database,
     recreate_database,
@@ -88,97 +87,86 @@ def _redis_backend_class() -> Any:
 
 # -- no code from stored data ------------------------------------------------------------------
 
-BANNED_MODULES = {"pickle", "cPickle", "_pickle", "marshal", "shelve", "dill", "cloudpickle",
-                  "jsonpickle", "joblib"}  # fmt: skip
-BANNED_CALLS = {"eval", "exec", "compile", "__import__"}
-BANNED_ATTRIBUTES = {("yaml", "load"), ("yaml", "unsafe_load"), ("yaml", "full_load")}
+# ruff's flake8-bandit calls (pickle and the modules wrapping it, marshal, eval, exec,
+# yaml.load) and the deserialisers that pyproject.toml bans by import (TID251).
+NO_CODE_FROM_DATA = "S301,S302,S307,S102,S506,TID251"
 
 
-def unsafe_uses(source: str, filename: str) -> list[str]:
-    """Imports of deserialisers that run code, and calls that run code, found in the AST."""
-    found = []
-    for node in ast.walk(ast.parse(source, filename)):
-        where = f"{filename}:{getattr(node, 'lineno', '?')}"
-        if isinstance(node, ast.Import):
-            found += [f"{where} import {a.name}" for a in node.names
-                      if a.name.split(".")[0] in BANNED_MODULES]  # fmt: skip
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            if node.module.split(".")[0] in BANNED_MODULES:
-                found.append(f"{where} from {node.module} import")
-            if node.module == "builtins":
-                found += [f"{where} from builtins import {a.name}" for a in node.names
-                          if a.name in BANNED_CALLS]  # fmt: skip
-        elif isinstance(node, ast.Call):
-            func_node = node.func
-            if isinstance(func_node, ast.Name) and func_node.id in BANNED_CALLS:
-                found.append(f"{where} {func_node.id}()")
-            elif isinstance(func_node, ast.Attribute):
-                owner = func_node.value
-                name = owner.id if isinstance(owner, ast.Name) else None
-                if func_node.attr in BANNED_CALLS and name in ("builtins", "__builtins__"):
-                    found.append(f"{where} {name}.{func_node.attr}()")
-                if (name, func_node.attr) in BANNED_ATTRIBUTES:
-                    found.append(f"{where} {name}.{func_node.attr}()")
-                if func_node.attr == "import_module" and not all(
-                    isinstance(arg, ast.Constant) for arg in node.args
-                ):
-                    found.append(f"{where} import_module() of a computed name")
-            if (  # getattr(builtins, "eval") and the like
-                isinstance(func_node, ast.Name)
-                and func_node.id == "getattr"
-                and any(isinstance(a, ast.Constant) and a.value in BANNED_CALLS for a in node.args)
-            ):
-                found.append(f"{where} getattr(.., banned name)")
-        elif (  # f = eval; run(exec, ...)
-            isinstance(node, ast.Name)
-            and isinstance(node.ctx, ast.Load)
-            and node.id in BANNED_CALLS - {"compile"}
-        ):
-            found.append(f"{where} reference to {node.id}")
-    return found
-
-
-def shipped_sources() -> list[Path]:
-    """The package and the migrations that ship inside the wheel."""
-    return sorted(PACKAGE.rglob("*.py")) + sorted((ROOT / "migrations").rglob("*.py"))
+def unsafe_uses(*paths: Path) -> subprocess.CompletedProcess[str]:
+    """ruff's findings of code run from data in ``paths``; neither a ``# noqa`` nor a
+    per-file-ignores entry of pyproject.toml can hide one."""
+    pytest.importorskip("ruff", reason="ruff (the dev extra) runs the check")
+    return subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "--no-cache", "--ignore-noqa",
+         "--config", str(ROOT / "pyproject.toml"), "--config", "lint.per-file-ignores = {}",
+         "--output-format", "concise", "--select", NO_CODE_FROM_DATA, *map(str, paths)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
 
 
 def test_no_pickle_marshal_eval_or_exec_anywhere_in_the_package() -> None:
-    sources = shipped_sources()
-    assert len(sources) > 10
-    problems = []
-    for path in sources:
-        problems += unsafe_uses(path.read_text(), str(path.relative_to(ROOT)))
-    assert not problems, "\n".join(problems)
+    """The package and the migrations that ship inside the wheel."""
+    shipped = [PACKAGE, ROOT / "migrations"]
+    assert len(list(PACKAGE.rglob("*.py"))) > 10
+    found = unsafe_uses(*shipped)
+    assert found.returncode == 0, found.stdout + found.stderr
+
+
+def test_the_check_fails_on_pickle_loads_and_eval(tmp_path: Path) -> None:
+    """The same command, on a file that does what the package must not: it can fail."""
+    bad = tmp_path / "bad.py"
+    bad.write_text(
+        "import pickle\n\n\ndef load(data, text):\n    return pickle.loads(data), eval(text)\n"
+    )
+    found = unsafe_uses(bad)
+    assert found.returncode == 1, found.stdout + found.stderr
+    assert {"TID251", "S301", "S307"} <= {code for _line, code in _findings(found)}, found.stdout
+
+
+def _findings(found: subprocess.CompletedProcess[str]) -> list[tuple[int, str]]:
+    """(line, code) of each finding in ruff's concise output."""
+    return [
+        (int(line), code) for line, code in re.findall(r":(\d+):\d+: ([A-Z]+\d+)", found.stdout)
+    ]
 
 
 @pytest.mark.parametrize(
-    "snippet",
+    ("snippet", "code"),
     [
-        "import pickle",
-        "import marshal as m",
-        "from pickle import loads",
-        "from dill import loads",
-        "import shelve",
-        "eval(text)",
-        "exec(code)",
-        "compile(src, 'f', 'exec')",
-        "__import__(name)",
-        "builtins.eval(x)",
-        "from builtins import exec",
-        "getattr(builtins, 'eval')(x)",
-        "f = eval",
-        "yaml.load(stream)",
-        "importlib.import_module(row['module'])",
+        ("import pickle", "TID251"),
+        ("import marshal as m", "TID251"),
+        ("from pickle import loads", "TID251"),
+        ("from dill import loads", "TID251"),
+        ("import shelve", "TID251"),
+        ("import cloudpickle", "TID251"),
+        ("import pickle\npickle.loads(data)", "S301"),
+        ("import dill\ndill.loads(data)", "S301"),
+        ("import marshal\nmarshal.loads(data)", "S302"),
+        ("eval(text)", "S307"),
+        ("builtins.eval(x)", "S307"),
+        ("exec(code)", "S102"),
+        ("from builtins import exec\nexec(code)", "S102"),
+        ("yaml.load(stream)", "S506"),
+        ("yaml.unsafe_load(stream)", "TID251"),
     ],
 )
-def test_the_scan_finds_each_banned_use(snippet: str) -> None:
-    assert unsafe_uses(snippet, "snippet.py"), snippet
+def test_the_check_finds_each_banned_use(snippet: str, code: str, tmp_path: Path) -> None:
+    """Each line carries a ``# noqa``: a suppression must not hide a banned use."""
+    source = tmp_path / "snippet.py"
+    lines = "".join(f"{line}  # noqa\n" for line in snippet.splitlines())
+    source.write_text(f"import builtins\nimport yaml\n\n{lines}")
+    found = unsafe_uses(source)
+    assert found.returncode == 1, (snippet, found.stdout + found.stderr)
+    findings = _findings(found)
+    assert code in {found_code for _line, found_code in findings}, (snippet, found.stdout)
+    assert min(line for line, _code in findings) >= 4, found.stdout  # not the two imports
 
 
-def test_the_scan_passes_json_and_sqlalchemy_calls() -> None:
-    clean = "import json\nvalue = json.loads(text)\nresult = connection.execute(stmt)\n"
-    assert unsafe_uses(clean, "clean.py") == []
+def test_the_check_passes_json_and_sqlalchemy_calls(tmp_path: Path) -> None:
+    clean = tmp_path / "clean.py"
+    clean.write_text("import json\nvalue = json.loads(text)\nresult = connection.execute(stmt)\n")
+    found = unsafe_uses(clean)
+    assert found.returncode == 0, found.stdout + found.stderr
 
 
 # -- no password in any output ------------------------------------------------------------------
@@ -210,17 +198,15 @@ def test_configs_and_backends_never_show_the_password(name: str) -> None:
     if isinstance(config, SQLBackendConfig):
         url = config.sqlalchemy_url()
         shown += [repr(url), str(url), repr(DatabaseBackend(config)), str(DatabaseBackend(config))]
-        if not isinstance(config, MSSQLBackendConfig) or _has_module("pyodbc"):
-            engine = create_engine(config)
-            shown += [repr(engine), repr(engine.url), str(engine.url)]
+        if isinstance(config, MSSQLBackendConfig):
+            assert_no_secret(*shown)  # all that needs no driver, checked before a skip
+            require_odbc()
+        engine = create_engine(config)
+        shown += [repr(engine), repr(engine.url), str(engine.url)]
     else:
         backend = _redis_backend_class()(config)
         shown += [repr(backend), str(backend)]
     assert_no_secret(*shown)
-
-
-def _has_module(name: str) -> bool:
-    return importlib.util.find_spec(name) is not None
 
 
 def test_error_texts_in_the_scan_itself() -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import MakeBackend
 from sent_sql import sent_statements
-from services import free_port
+from services import free_port, require_odbc
 from sqlalchemy import func, insert, select, text
 from sqlalchemy.dialects import mssql
 from sqlalchemy.schema import CreateTable
@@ -167,17 +167,8 @@ async def test_closed_port_is_unreachable_fast(config: PostgresBackendConfig) ->
     assert SECRET not in repr(config) and SECRET not in repr(DatabaseBackend(config))
 
 
-def _freetds_installed() -> bool:
-    try:
-        import pyodbc
-    except ImportError:
-        return False
-    return "FreeTDS" in pyodbc.drivers()
-
-
 async def test_mssql_closed_port_is_unreachable_fast() -> None:
-    if not _freetds_installed():
-        pytest.skip("no ODBC driver for SQL Server (Debian: tdsodbc unixodbc)")
+    require_odbc("FreeTDS")
     port = free_port()
     config = MSSQLBackendConfig(
         host="127.0.0.1", port=port, password=SECRET, driver="FreeTDS", connect_timeout=3

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+import asyncio
+import os
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 from alembic import command
@@ -11,6 +15,7 @@ from alembic.config import Config
 from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.util.concurrency import await_, in_greenlet
 
 from chicory_backends.config import SQLBackendConfig
 from chicory_backends.sql.dialects import statements_for
@@ -41,7 +46,7 @@ def alembic_config(url: str | None = None) -> Config:
 async def current_revision(connection: AsyncConnection) -> str | None:
     """The database's schema revision, or None where our tables were never created."""
     try:
-        result = await connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}"))
+        result = await connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}"))  # noqa: S608 - our table
     except DBAPIError as error:
         if "version" in str(error.orig).lower() or "exist" in str(error.orig).lower():
             return None
@@ -49,13 +54,82 @@ async def current_revision(connection: AsyncConnection) -> str | None:
     return result.scalar_one_or_none()
 
 
+# As long as GET_LOCK waits on MySQL/MariaDB; a migration takes well under a second.
+LOCK_TIMEOUT = 600.0
+_POLL_INTERVAL = 0.02
+
+
+def _pause(seconds: float) -> None:
+    """Sleep without stopping the event loop when called from inside ``run_sync``."""
+    if in_greenlet():
+        await_(asyncio.sleep(seconds))
+    else:
+        time.sleep(seconds)
+
+
+def sqlite_lock_path(database: str | None) -> Path | None:
+    """The migration lock file beside a SQLite database file; None for an in-memory one."""
+    from chicory_backends.sql.engine import is_memory_sqlite
+
+    if is_memory_sqlite(database):
+        return None
+    assert database is not None
+    path = Path(database.removeprefix("file:").split("?", 1)[0]).resolve()
+    return path.with_name(f"{path.name}-migrate.lock")
+
+
+@contextmanager
+def sqlite_file_lock(database: str | None) -> Iterator[None]:
+    """SQLite's migration lock: ``flock`` on a file beside the database, across processes.
+
+    SQLite has no advisory lock, and its own locks are no substitute: it runs DDL outside
+    a transaction (pysqlite begins one only before DML), so two migrators each see no
+    version table and both create the tables. ``BEGIN EXCLUSIVE`` would end at the first
+    commit and give up after ``busy_timeout`` (5 s). The lock is on a separate file, never
+    on the database itself: closing any descriptor of the database file would drop the
+    POSIX locks SQLite holds on it in this process. The file stays (removing it would let
+    a waiter lock the old file while a newcomer creates a new one); the kernel releases
+    the lock when its holder exits, so a crashed migrator never leaves it held. Where
+    there is no ``fcntl`` (Windows) only the in-process lock applies.
+    """
+    path = sqlite_lock_path(database)
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        path = None
+    if path is None:
+        yield
+        return
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + LOCK_TIMEOUT
+        while True:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        "timed out waiting for another migration to finish"
+                    ) from None
+                _pause(_POLL_INTERVAL)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
+
+
 @contextmanager
 def migration_lock(connection: Connection) -> Iterator[None]:
-    """Hold the database's migration lock (an advisory/application lock, session-wide).
+    """Hold the database's migration lock (an advisory/application lock, session-wide;
+    a lock file for SQLite).
 
     Two deploys running at once: the first migrates, the second waits on the lock and
     then finds the version table already at head.
     """
+    if connection.dialect.name == "sqlite":
+        with sqlite_file_lock(connection.engine.url.database):
+            yield
+        return
     stmts = statements_for(connection.dialect)
     if stmts.lock_migrations:
         acquired = connection.exec_driver_sql(stmts.lock_migrations).scalar()
@@ -76,20 +150,46 @@ def _upgrade_on(connection: Connection) -> None:
     command.upgrade(cfg, "head")
 
 
+# Alembic keeps the running migration in module globals (alembic.context, alembic.op):
+# two upgrades interleaved in one process, as tasks of one loop or in two threads,
+# overwrite and then remove each other's ("KeyError: 'config'").
+_IN_PROCESS = threading.Lock()
+
+
+@asynccontextmanager
+async def _one_upgrade_per_process() -> AsyncIterator[None]:
+    """Take the process-wide upgrade lock without blocking the event loop.
+
+    A threading lock, because its holder may be a task of another loop in another
+    thread; polled, because a task blocked in ``acquire()`` would stop its own loop, and
+    the holder may be a task of that very loop. A task cancelled while it waits owns
+    nothing, so it leaves nothing to release.
+    """
+    while not _IN_PROCESS.acquire(blocking=False):  # noqa: ASYNC110 (no Event crosses threads)
+        await asyncio.sleep(_POLL_INTERVAL)
+    try:
+        yield
+    finally:
+        _IN_PROCESS.release()
+
+
 async def upgrade_in_process(config: SQLBackendConfig, engine: AsyncEngine) -> None:
     """What auto_migrate=True does at connect(): `alembic upgrade head` inside the loop.
 
     The backend's own engine runs in AUTOCOMMIT, which would split a migration into
     separate statements, so a transactional engine is made for it; only an in-memory
-    SQLite database must be migrated on the one connection that holds it.
+    SQLite database must be migrated on the one connection that holds it. One upgrade
+    runs at a time in the process (Alembic's globals); env.py then takes the database's
+    migration lock against other processes.
     """
     from chicory_backends.sql.engine import create_engine, is_memory_sqlite
 
     shared = is_memory_sqlite(engine.url.database)
-    migrator = engine if shared else create_engine(config, autocommit=False)
-    try:
-        async with migrator.connect() as connection:
-            await connection.run_sync(_upgrade_on)
-    finally:
-        if not shared:
-            await migrator.dispose()
+    async with _one_upgrade_per_process():
+        migrator = engine if shared else create_engine(config, autocommit=False)
+        try:
+            async with migrator.connect() as connection:
+                await connection.run_sync(_upgrade_on)
+        finally:
+            if not shared:
+                await migrator.dispose()
