@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 DEMO_DB ?= chicory_demo.db
 
-.PHONY: install demo test lint bench bench-cleanup clean
+.PHONY: install demo test lint bench bench-e2e bench-bursts bench-cleanup clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,9 +30,21 @@ lint: install
 BENCH_ARGS ?=
 
 # Throughput and wire round trips against Chicory 0.1.0 and the raw drivers (servers on
-# 127.0.0.1); about 6.5 minutes on 2 cores. Writes bench/results/latest.{md,json}.
+# 127.0.0.1), then the store_result bursts and the real Chicory worker end to end (below);
+# about 10 minutes on 2 cores. Writes bench/results/{latest,bursts,e2e}.{md,json}.
 bench: install
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# Only the real thing: `chicory worker` (Chicory's CLI, its defaults) on the Redis broker
+# and RabbitMQ, storing into ours, Chicory's own backend, or none; N tasks per case
+# (BENCH_ARGS="--tasks 2000"); about 2 minutes. Writes bench/results/e2e.{md,json}.
+bench-e2e: install
+	$(BIN)/python -m bench e2e $(BENCH_ARGS)
+
+# store_result in bursts of 32 (and one at a time) on long-lived and fresh backend objects,
+# with sessions per 1,000 calls; about 1.5 minutes. Writes bench/results/bursts.{md,json}.
+bench-bursts: install
+	$(BIN)/python -m bench bursts $(BENCH_ARGS)
 
 # cleanup_old_results on 1,000,000 expired rows (100,000 on SQLite) while a result is
 # stored every 10 ms; about 1 minute. Writes bench/results/cleanup.{md,json}.

@@ -1,4 +1,9 @@
-"""``python -m bench [--only ...] [--ops ...] [--runs N]`` and ``python -m bench cleanup``."""
+"""``python -m bench [--only ...] [--parts ...]``, ``python -m bench e2e|bursts|cleanup``.
+
+Without a subcommand (``make bench``) one run does all three parts, side by side per
+backend: the steady throughput and round trips (latest.md), the store_result bursts
+(bursts.md) and the real Chicory worker end to end (e2e.md); ``--parts`` picks some.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import argparse
 import asyncio
 import sys
 from pathlib import Path
+from typing import Any
 
 from bench.env import KINDS, SQL_KINDS
 
@@ -26,11 +32,16 @@ def _kinds(text: str | None, allowed: tuple[str, ...]) -> list[str]:
     return [kind for kind in allowed if kind in chosen]  # Redis last: its check comes late
 
 
-def _throughput(argv: list[str]) -> int:
+PARTS = ("throughput", "bursts", "e2e")
+
+
+def _all(argv: list[str]) -> int:
     from bench import report, runner
 
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--only", help=f"backends, comma-separated: {','.join(KINDS)}")
+    parser.add_argument("--parts", default=",".join(PARTS),
+                        help=f"comma-separated, default all: {','.join(PARTS)}")  # fmt: skip
     parser.add_argument("--ops", help=f"operations: {','.join(runner.OPS)} (or get_results, "
                         "heartbeats)")  # fmt: skip
     parser.add_argument("--runs", type=int, default=5, help="timed rounds per figure (median)")
@@ -38,24 +49,41 @@ def _throughput(argv: list[str]) -> int:
     parser.add_argument("--warmup", type=float, default=0.15, help="seconds of the warm-up round")
     parser.add_argument("--concurrency", default="1,32", help="comma-separated, default 1,32")
     parser.add_argument("--no-round-trips", action="store_true", help="skip the wire count")
+    _bursts_parser(parser)
+    _e2e_parser(parser)
     parser.add_argument("--keep", action="store_true", help="keep the bench databases")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="where latest.md/json go")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where the results go")
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
-    settings = runner.Settings(
-        kinds=_kinds(args.only, KINDS),
-        ops=runner.parse_ops(args.ops),
-        concurrency=[int(c) for c in args.concurrency.split(",") if c.strip()],
-        runs=args.runs,
-        duration=args.duration,
-        warmup=args.warmup,
-        round_trips=not args.no_round_trips,
-        keep=args.keep,
-    )
-    result = asyncio.run(runner.run(settings))
-    print(report.write(result, args.out))
-    print(f"written: {args.out / 'latest.md'}, {args.out / 'latest.json'}", file=sys.stderr)
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    for part in parts:
+        if part not in PARTS:
+            parser.error(f"unknown part {part!r}; choose from {', '.join(PARTS)}")
+    if "throughput" in parts:
+        settings = runner.Settings(
+            kinds=_kinds(args.only, KINDS),
+            ops=runner.parse_ops(args.ops),
+            concurrency=[int(c) for c in args.concurrency.split(",") if c.strip()],
+            runs=args.runs,
+            duration=args.duration,
+            warmup=args.warmup,
+            round_trips=not args.no_round_trips,
+            keep=args.keep,
+        )
+        result = asyncio.run(runner.run(settings))
+        print(report.write(result, args.out))
+        print(f"written: {args.out / 'latest.md'}, {args.out / 'latest.json'}", file=sys.stderr)
+    if "bursts" in parts:
+        from bench import bursts
+
+        print(bursts.write(asyncio.run(bursts.run(_bursts_settings(args))), args.out))
+        print(f"written: {args.out / 'bursts.md'}, {args.out / 'bursts.json'}", file=sys.stderr)
+    if "e2e" in parts:
+        from bench import e2e
+
+        print(e2e.write(asyncio.run(e2e.run(_e2e_settings(args))), args.out))
+        print(f"written: {args.out / 'e2e.md'}, {args.out / 'e2e.json'}", file=sys.stderr)
     return 0
 
 
@@ -79,7 +107,96 @@ def _cleanup(argv: list[str]) -> int:
     return 0
 
 
+def _e2e_parser(parser: argparse.ArgumentParser) -> None:
+    from bench import e2e
+
+    parser.add_argument("--tasks", type=int, default=3000, help="end-to-end: timed tasks per case")
+    parser.add_argument(
+        "--warmup-tasks", type=int, default=64, help="end-to-end tasks before the timing"
+    )
+    parser.add_argument(
+        "--brokers", default=",".join(e2e.BROKERS), help="redis,rabbitmq (default both)"
+    )
+    parser.add_argument(
+        "--rabbitmq-only", default=None,
+        help="backends on the RabbitMQ broker (default: the same as --only)",
+    )  # fmt: skip
+    parser.add_argument("--e2e-runs", type=int, default=1, help="runs per case (median)")
+
+
+def _e2e_settings(args: argparse.Namespace) -> Any:
+    from bench import e2e
+
+    brokers = [b.strip() for b in args.brokers.split(",") if b.strip()]
+    for broker in brokers:
+        if broker not in e2e.BROKERS:
+            raise SystemExit(f"unknown broker {broker!r}; choose from {', '.join(e2e.BROKERS)}")
+    if args.tasks < 1 or args.warmup_tasks < 0:
+        raise SystemExit("--tasks must be at least 1 and --warmup-tasks at least 0")
+    return e2e.Settings(
+        tasks=args.tasks,
+        warmup=args.warmup_tasks,
+        kinds=_kinds(args.only, KINDS),
+        brokers=brokers,
+        rabbitmq_kinds=None if args.rabbitmq_only is None else _kinds(args.rabbitmq_only, KINDS),
+        runs=max(1, args.e2e_runs),
+        keep=args.keep,
+    )
+
+
+def _e2e(argv: list[str]) -> int:
+    from bench import e2e
+
+    parser = argparse.ArgumentParser(prog="python -m bench e2e", description=e2e.__doc__)
+    parser.add_argument("--only", help=f"backends, comma-separated: {','.join(KINDS)}")
+    _e2e_parser(parser)
+    parser.add_argument("--keep", action="store_true", help="keep databases, keys, logs")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where e2e.md/json go")
+    args = parser.parse_args(argv)
+    result = asyncio.run(e2e.run(_e2e_settings(args)))
+    print(e2e.write(result, args.out))
+    print(f"written: {args.out / 'e2e.md'}, {args.out / 'e2e.json'}", file=sys.stderr)
+    return 0
+
+
+def _bursts_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--burst-runs", type=int, default=3, help="timed rounds per figure")
+    parser.add_argument("--burst-duration", type=float, default=0.5, help="seconds per round")
+
+
+def _bursts_settings(args: argparse.Namespace) -> Any:
+    from bench import bursts
+
+    if args.burst_runs < 1 or args.burst_duration <= 0:
+        raise SystemExit("--burst-runs must be at least 1 and --burst-duration positive")
+    return bursts.Settings(
+        kinds=_kinds(args.only, KINDS),
+        runs=args.burst_runs,
+        duration=args.burst_duration,
+        keep=args.keep,
+    )
+
+
+def _bursts(argv: list[str]) -> int:
+    from bench import bursts
+
+    parser = argparse.ArgumentParser(prog="python -m bench bursts", description=bursts.__doc__)
+    parser.add_argument("--only", help=f"backends, comma-separated: {','.join(KINDS)}")
+    _bursts_parser(parser)
+    parser.add_argument("--keep", action="store_true", help="keep the bench databases")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where bursts.md/json go")
+    args = parser.parse_args(argv)
+    result = asyncio.run(bursts.run(_bursts_settings(args)))
+    print(bursts.write(result, args.out))
+    print(f"written: {args.out / 'bursts.md'}, {args.out / 'bursts.json'}", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["e2e"]:
+        return _e2e(argv[1:])
+    if argv[:1] == ["bursts"]:
+        return _bursts(argv[1:])
     if argv[:1] == ["cleanup"]:
         return _cleanup(argv[1:])
     if argv[:1] == ["whatif"]:
@@ -94,7 +211,7 @@ def main(argv: list[str]) -> int:
         from bench import cleanup
 
         return cleanup.worker_main(argv[1:])
-    return _throughput(argv)
+    return _all(argv)
 
 
 if __name__ == "__main__":

@@ -130,13 +130,24 @@ def ours_config(
 
 async def migrate_ours(servers: Servers, kind: str) -> None:
     """Fresh database, then our Alembic migration through ``auto_migrate=True``."""
+    await migrate_database(servers, kind, OURS_DATABASE)
+
+
+async def migrate_database(servers: Servers, kind: str, name: str) -> None:
+    """Database (or SQLite file) ``name`` made afresh and migrated to our schema head."""
     from chicory_backends.sql.backend import DatabaseBackend
 
     if kind == "sqlite":
-        remove_sqlite_files(servers.sqlite_path(OURS_DATABASE))
+        remove_sqlite_files(servers.sqlite_path(name))
+        config: SQLBackendConfig = SQLiteBackendConfig(
+            file_path=str(servers.sqlite_path(name)), auto_migrate=True
+        )
     else:
-        await recreate_database(servers, kind, OURS_DATABASE)
-    async with DatabaseBackend(ours_config(servers, kind, auto_migrate=True)):
+        await recreate_database(servers, kind, name)
+        url = plain_url(servers.database_url(kind, name))
+        config_class = PostgresBackendConfig if kind == "postgres" else MySQLBackendConfig
+        config = config_class(url=SecretStr(url), auto_migrate=True)
+    async with DatabaseBackend(config):
         pass
 
 

@@ -8,6 +8,8 @@ adjusting when those change. Variants, alternated round by round like the main b
 - ``ours``: DatabaseBackend as it is;
 - ``ours, literal guard``: the same, with the terminal-state lists of the upsert guard
   rendered as SQL literals instead of expanding bind parameters (no per-call SQL rewrite);
+  its statements are compiled for the driver like the backend's own
+  (:func:`swap_statements`), so it runs on the same fast path, checked at open;
 - ``ours' pool + driver call``: our engine's pool, but each call is the raw driver's
   hand-written statement on the pooled driver connection (no SQLAlchemy Core execution);
 - ``raw``: the raw driver implementation of the main bench.
@@ -22,10 +24,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import statistics
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
 from sqlalchemy import literal_column, or_
@@ -35,12 +38,46 @@ from bench import env, runner
 from bench.env import Servers
 from bench.impls import Impl, OursImpl, RawMySQL, RawPostgres, RawSQLite
 
+if TYPE_CHECKING:
+    from chicory_backends.sql.backend import DatabaseBackend
+    from chicory_backends.sql.dialects import Statements
+
 
 def _literal_guard(existing_state: Any, incoming_state: Any) -> Any:
     from chicory_backends.sql import dialects
 
     terminal: list[Any] = [literal_column(f"'{state}'") for state in dialects.TERMINAL]
     return or_(incoming_state.in_(terminal), existing_state.not_in(terminal))
+
+
+def fast_path(backend: DatabaseBackend, statements: Statements) -> set[str]:
+    """The names of ``statements`` that ``backend`` runs on the driver fast path."""
+    compiled = backend._driver_statements
+    return {
+        field.name
+        for field in dataclasses.fields(statements)
+        if id(getattr(statements, field.name)) in compiled
+    }
+
+
+def swap_statements(backend: DatabaseBackend, statements: Statements) -> None:
+    """Make ``backend`` run ``statements``, on the same path as the ones they replace.
+
+    The fast path finds a statement by its ``id()``, so swapping ``_statements`` alone
+    would send every new statement through SQLAlchemy: the variant would measure the slow
+    path instead of the change it names. The backend's own ``_compile_for_driver``
+    compiles the new ones; a statement that was on the fast path and is not any more
+    is an error, not a silently different measurement.
+    """
+    engine, current = backend._engine, backend._statements
+    if engine is None or current is None:
+        raise RuntimeError("swap_statements needs a connected backend")
+    before = fast_path(backend, current)
+    backend._statements = statements
+    backend._driver_statements = backend._compile_for_driver(engine, statements)
+    lost = before - fast_path(backend, statements)
+    if lost:
+        raise RuntimeError(f"the swapped statements left the driver fast path: {sorted(lost)}")
 
 
 class LiteralGuard(OursImpl):
@@ -54,11 +91,12 @@ class LiteralGuard(OursImpl):
         original = dialects._may_write
         dialects._may_write = _literal_guard
         try:
-            backend._statements = dialects.statements_for(
+            statements = dialects.statements_for(
                 backend._engine.dialect, backend.config.cleanup_batch_size
             )
         finally:
             dialects._may_write = original
+        swap_statements(backend, statements)
 
 
 class PoolAndDriver(OursImpl):
