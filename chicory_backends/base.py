@@ -11,6 +11,13 @@ from typing import Self
 from chicory_backends.types import BackendStatus, TaskResult, TaskState, WorkerStats
 
 
+def check_heartbeat_ttl(ttl: int) -> None:
+    """One rule for every backend: a heartbeat lives at least a second (Redis cannot
+    store a key that expires in 0 seconds, and SQL must not accept what Redis refuses)."""
+    if ttl < 1:
+        raise ValueError(f"heartbeat ttl must be at least 1 second, not {ttl}")
+
+
 class Backend(ABC):
     """Stores task states, results and worker heartbeats.
 

@@ -21,6 +21,9 @@ The rules it keeps, whatever the backend:
 - a caller cancelled while waiting only gives up its own wait: a call not yet sent is
   dropped, one already sent finishes for the others;
 - at most ``max_calls`` calls and about ``max_bytes`` of payload per batch.
+
+With ``linger``, nothing is sent at once: the calls of one event-loop turn are gathered
+first. That suits the reads of waiters that one burst of notifications woke together.
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ class Coalescer(Generic[Call, Outcome]):
         max_calls: int = 500,
         max_bytes: int = 1 << 20,
         isolate: Callable[[BaseException], bool] = lambda _error: False,
+        linger: bool = False,
     ) -> None:
         if max_in_flight < 1 or max_calls < 1:
             raise ValueError("max_in_flight and max_calls must be at least 1")
@@ -70,6 +74,8 @@ class Coalescer(Generic[Call, Outcome]):
         self._max_calls = max_calls
         self._max_bytes = max_bytes
         self._isolate = isolate
+        self._linger = linger
+        self._scheduled = False  # a lingering pump is due at the end of this loop turn
         self._pending: list[_Pending[Call, Outcome]] = []
         self._busy_keys: set[str] = set()  # keys being sent (exclusive mode only)
         self._in_flight = 0
@@ -81,12 +87,22 @@ class Coalescer(Generic[Call, Outcome]):
             self._in_flight < self._max_in_flight
             and not self._pending
             and key not in self._busy_keys
+            and not self._linger
         ):
             return await self._send_alone(group, key, call)
-        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Outcome] = loop.create_future()
         self._pending.append(_Pending(group, key, call, size, future))
-        self._pump()
+        if not self._linger:
+            self._pump()
+        elif not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._pump_lingered)
         return await future
+
+    def _pump_lingered(self) -> None:
+        self._scheduled = False
+        self._pump()
 
     async def drain(self) -> None:
         """Wait until every call submitted so far has been sent and answered."""

@@ -225,3 +225,35 @@ def decode_stats(worker_id: str, text: str | bytes) -> WorkerStats:
         return WorkerStats.model_validate_json(text)
     except ValueError as exc:
         raise CorruptResultError(worker_id, f"invalid heartbeat ({exc})") from None
+
+
+# -- the Redis document: {"state", "result" (JSON text), "error", "traceback"} -----------
+
+_document_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
+def encode_document(task_id: str, result: TaskResult, max_bytes: int | None) -> bytes:
+    """The stored JSON of one task; raises before any I/O when it cannot round-trip."""
+    doc = {
+        "state": TaskState(result.state).value,
+        "result": encode_value(task_id, result.result, max_bytes),
+        "error": check_text(task_id, "error", result.error),
+        "traceback": check_text(task_id, "traceback", result.traceback),
+    }
+    try:
+        return _document_encoder.encode(doc).encode()
+    except (TypeError, ValueError) as exc:  # UnicodeEncodeError: a lone surrogate
+        raise ResultNotSerializableError(task_id, str(exc)) from None
+
+
+def decode_document(task_id: str, raw: bytes | str) -> TaskResult:
+    try:
+        doc = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise CorruptResultError(task_id, f"invalid JSON ({exc})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("state"), str):
+        raise CorruptResultError(task_id, "not a result document")
+    texts = [doc.get(name) for name in ("result", "error", "traceback")]
+    if not all(text is None or isinstance(text, str) for text in texts):
+        raise CorruptResultError(task_id, "result, error and traceback must be text or null")
+    return build_result(task_id, doc["state"], *texts)

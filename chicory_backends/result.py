@@ -44,7 +44,10 @@ class AsyncResult:
             raise ValueError("timeout must not be negative")
         result = await self._backend().wait_for_result(self.task_id, timeout)
         if result is None:
-            raise TimeoutError(f"task {self.task_id!r} did not finish within {timeout:g}s")
+            # None with no timeout breaks the contract, but must still read as a timeout
+            # (formatting None with :g would raise a TypeError instead).
+            within = "" if timeout is None else f" within {timeout:g}s"
+            raise TimeoutError(f"task {self.task_id!r} did not finish{within}")
         return _outcome(result)
 
     async def state(self) -> TaskState:

@@ -1,84 +1,279 @@
-"""Driver-free pieces of waiting for results, shared by the backends that push wake-ups."""
+"""Waiting for results, the same way on every backend that is told when a result lands.
+
+One :class:`Listener` per backend object holds ONE listening session (PostgreSQL's
+LISTEN connection, Redis's subscribed connection) and the futures of the task ids being
+waited for. A backend supplies only ``connect`` (open a session that calls back on each
+notification and when it is lost) and the session's ``ping`` and ``close``; everything
+else lives here once:
+
+- one connection attempt at a time, shared by every waiter (ten thousand waiters of a
+  server that is down get one failure, not ten thousand attempts), retried briefly so a
+  blip (a dropped connection, a fail-over) is ridden out;
+- a lost session wakes every waiter, which listens again and re-reads: whatever was
+  stored while nobody listened is found by that read;
+- a watchdog pings the session while someone waits, so one that died silently (no RST,
+  e.g. behind NAT) is found and replaced;
+- :func:`wait_for` re-reads every ``recheck_interval`` even while listening, so a result
+  whose notification never came (an old writer, an ACL, a registration row cleaned up)
+  is still seen.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from typing import Protocol
 
-from chicory_backends.errors import CorruptResultError
+from chicory_backends.coalesce import Coalescer
+from chicory_backends.errors import BackendUnreachableError, CorruptResultError, NotConnectedError
 from chicory_backends.types import TaskResult
 
+_log = logging.getLogger(__name__)
+
+PING_INTERVAL = 15.0
+RECHECK_INTERVAL = 30.0
+CONNECT_PAUSES = (0.05, 0.2)  # between the tries of one connection attempt
+
+
+class Session(Protocol):
+    """A backend's live listening session."""
+
+    async def ping(self) -> None:
+        """Return once the server answered; raise when the session is dead."""
+
+    async def close(self) -> None: ...
+
+
+OnMessage = Callable[[str], None]
+OnLost = Callable[[], None]
+Connect = Callable[[OnMessage, OnLost], Awaitable[Session]]
+Read = Callable[[str], Awaitable[TaskResult | None]]
 FetchMany = Callable[[list[str]], Awaitable[dict[str, TaskResult]]]
 
+WAIT_READ_BATCH = 500  # ids per read of woken waiters
+WAIT_READ_SENDS = 4
 
-class ReadBatcher:
-    """Coalesces the reads of many concurrent waiters into few ``get_results`` calls.
 
-    Reads asked for in the same event-loop turn go out together, ``max_batch`` ids per
-    statement: ten thousand waiters woken at once cost ten round trips, not ten thousand.
+def woken_reads(fetch: FetchMany) -> Callable[[str], Awaitable[TaskResult | None]]:
+    """The read of a woken waiter: the ids woken in one event-loop turn go out together
+    through ``fetch`` (``get_results``), so ten thousand waiters woken at once cost a few
+    dozen reads; a corrupt row fails only its own waiters (the batch is read again one id
+    at a time to find it)."""
+
+    async def one(_group: object, task_id: str) -> TaskResult | None:
+        return (await fetch([task_id])).get(task_id)
+
+    async def many(_group: object, task_ids: list[str]) -> list[TaskResult | None]:
+        found = await fetch(task_ids)
+        return [found.get(task_id) for task_id in task_ids]
+
+    reads: Coalescer[str, TaskResult | None] = Coalescer(
+        one,
+        many,
+        exclusive=False,
+        linger=True,
+        max_in_flight=WAIT_READ_SENDS,
+        max_calls=WAIT_READ_BATCH,
+        isolate=lambda error: isinstance(error, CorruptResultError),
+    )
+    return lambda task_id: reads.submit(None, task_id, task_id)
+
+
+Hold = Callable[[str], AbstractAsyncContextManager[None]]
+
+
+class Listener:
+    """One listening session for a backend object, and the futures of the ids waited for.
+
+    ``subscribe`` returns once the session is listening, with a future that the task's
+    notification resolves, or the loss of the session (a cue to subscribe again and
+    re-read). Several waiters of one id each get their own future and all wake.
     """
 
-    def __init__(self, fetch: FetchMany, max_batch: int = 1000) -> None:
-        self._fetch = fetch
-        self._max_batch = max_batch
-        self._pending: dict[str, list[asyncio.Future[TaskResult | None]]] = {}
-        self._scheduled = False
-        self._running: set[asyncio.Task[None]] = set()
+    def __init__(
+        self,
+        connect: Connect,
+        *,
+        backend_name: str,
+        ping_timeout: float,
+        ping_interval: float = PING_INTERVAL,
+    ) -> None:
+        self._connect = connect
+        self._backend_name = backend_name
+        self._ping_timeout = ping_timeout
+        self.ping_interval = ping_interval
+        self._session: Session | None = None
+        self._opening: asyncio.Task[None] | None = None
+        self._watchdog: asyncio.Task[None] | None = None
+        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._generation = 0  # which session a loss report is about
+        self._dropping: set[asyncio.Task[None]] = set()
+        self.closed = False
 
-    async def get(self, task_id: str) -> TaskResult | None:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[TaskResult | None] = loop.create_future()
-        self._pending.setdefault(task_id, []).append(future)
-        if not self._scheduled:
-            self._scheduled = True
-            loop.call_soon(self._flush)
-        return await future
+    @property
+    def active(self) -> bool:
+        """Listening right now."""
+        return self._session is not None
 
-    def _flush(self) -> None:
-        pending, self._pending = self._pending, {}
-        self._scheduled = False
-        ids = list(pending)
-        loop = asyncio.get_running_loop()
-        for start in range(0, len(ids), self._max_batch):
-            chunk = {task_id: pending[task_id] for task_id in ids[start : start + self._max_batch]}
-            task = loop.create_task(self._read(chunk))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
+    @property
+    def waiting(self) -> int:
+        """How many distinct task ids are waited for right now."""
+        return len(self._waiters)
 
-    async def _read(self, chunk: dict[str, list[asyncio.Future[TaskResult | None]]]) -> None:
-        # Waiters that timed out meanwhile need no read.
-        chunk = {task_id: fs for task_id, fs in chunk.items() if not all(f.done() for f in fs)}
-        if not chunk:
-            return
-        try:
-            found = await self._fetch(list(chunk))
-        except CorruptResultError as error:
-            if len(chunk) > 1:  # one bad row must fail only its own waiters: read one by one
-                await asyncio.gather(*(self._read({key: fs}) for key, fs in chunk.items()))
-            else:
-                _fail(chunk, error)
-            return
-        except Exception as error:
-            _fail(chunk, error)
-            return
-        except BaseException:
-            for future in _flatten(chunk.values()):
-                future.cancel()
-            raise
-        for task_id, futures in chunk.items():
+    def waiters_of(self, task_id: str) -> int:
+        return len(self._waiters.get(task_id, ()))
+
+    async def subscribe(self, task_id: str) -> asyncio.Future[None]:
+        # Re-check after every await: the session may be lost again before we resume,
+        # and a future added to a dead session would never be resolved.
+        while self._session is None:
+            if self.closed:
+                raise NotConnectedError(self._backend_name)
+            try:
+                await self._open_shared()
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if self.closed and task is not None and not task.cancelling():
+                    raise NotConnectedError(self._backend_name) from None  # close() stopped it
+                raise
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(task_id, set()).add(future)
+        return future
+
+    def unsubscribe(self, task_id: str, future: asyncio.Future[None]) -> None:
+        futures = self._waiters.get(task_id)
+        if futures is not None:
+            futures.discard(future)
+            if not futures:
+                del self._waiters[task_id]
+        if not future.done():
+            future.cancel()
+
+    def wake(self, task_id: str) -> None:
+        """A notification: the waiters of ``task_id`` re-read."""
+        for future in self._waiters.pop(task_id, ()):
+            if not future.done():
+                future.set_result(None)
+
+    async def close(self) -> None:
+        """For good (the backend disconnects); the waiters wake and find it closed."""
+        self.closed = True
+        opening = self._opening
+        if opening is not None and not opening.done():
+            opening.cancel()
+            await asyncio.gather(opening, return_exceptions=True)
+        await self._drop(self._session)
+
+    def _open_shared(self) -> asyncio.Future[None]:
+        """The one connection attempt in flight, shielded: a waiter whose own timeout
+        expires must not cancel it for the others."""
+        if self._opening is None or self._opening.done():
+            self._opening = asyncio.get_running_loop().create_task(self._open())
+            self._opening.add_done_callback(_retrieve)
+        return asyncio.shield(self._opening)
+
+    async def _open(self) -> None:
+        self._generation += 1
+        generation = self._generation
+        for pause in (*CONNECT_PAUSES, None):
+            try:
+                session = await self._connect(self.wake, lambda: self._lost(generation))
+                break
+            except BackendUnreachableError:
+                if pause is None or self.closed:
+                    raise
+            await asyncio.sleep(pause)
+        if self.closed:  # the backend was disconnected while we connected
+            await session.close()
+            raise NotConnectedError(self._backend_name)
+        self._session = session
+        self._watchdog = asyncio.get_running_loop().create_task(self._watch(session))
+
+    def _lost(self, generation: int) -> None:
+        """Called by the session itself (a termination callback, its reader)."""
+        if generation == self._generation and self._session is not None:
+            task = asyncio.get_running_loop().create_task(self._drop(self._session))
+            self._dropping.add(task)
+            task.add_done_callback(self._dropping.discard)
+
+    async def _drop(self, session: Session | None) -> None:
+        if session is not None and session is self._session:
+            self._session = None
+            watchdog, self._watchdog = self._watchdog, None
+            if watchdog is not None and watchdog is not asyncio.current_task():
+                watchdog.cancel()
+        # Every waiter re-subscribes (reconnecting) and re-reads.
+        waiters, self._waiters = self._waiters, {}
+        for futures in waiters.values():
             for future in futures:
                 if not future.done():
-                    future.set_result(found.get(task_id))
+                    future.set_result(None)
+        if session is not None:
+            try:
+                await session.close()
+            except Exception as error:  # closing a dead session has nothing to report
+                _log.debug("closing a lost listening session: %s", error)
+
+    async def _watch(self, session: Session) -> None:
+        while True:
+            await asyncio.sleep(self.ping_interval)
+            if not self._waiters:
+                continue
+            try:
+                async with asyncio.timeout(self._ping_timeout):
+                    await session.ping()
+            except Exception as error:
+                _log.info("%s listening session lost: %s", self._backend_name, error)
+                await self._drop(session)
+                return
 
 
-def _fail(chunk: dict[str, list[asyncio.Future[TaskResult | None]]], error: Exception) -> None:
-    for future in _flatten(chunk.values()):
-        if not future.done():
-            future.set_exception(error)
+def _retrieve(task: asyncio.Task[None]) -> None:
+    """Mark a failed attempt as seen even when every waiter timed out before it ended."""
+    if not task.cancelled():
+        task.exception()
 
 
-def _flatten(
-    groups: Iterable[list[asyncio.Future[TaskResult | None]]],
-) -> Iterable[asyncio.Future[TaskResult | None]]:
-    for group in groups:
-        yield from group
+async def wait_for(
+    listener: Listener,
+    task_id: str,
+    read: Read,
+    timeout: float | None,  # noqa: ASYNC109
+    *,
+    hold: Hold | None = None,
+    recheck_interval: float = RECHECK_INTERVAL,
+) -> TaskResult | None:
+    """Listen, then read, then sleep until notified; the terminal result, or None once
+    ``timeout`` passes.
+
+    Listening comes before the read, so a result stored before the read is seen by it and
+    one stored after it is announced to us. ``hold`` (PostgreSQL's waiter registration)
+    is entered once the session first listens and left when the wait ends.
+    """
+    if timeout is not None and timeout <= 0:  # a look, not a wait: nothing to listen for
+        result = await read(task_id)
+        return result if result is not None and result.state.is_terminal else None
+    scope = asyncio.timeout(timeout)
+    try:
+        async with scope, AsyncExitStack() as held:
+            holding = False
+            while True:
+                waiter = await listener.subscribe(task_id)
+                try:
+                    if hold is not None and not holding:
+                        holding = True
+                        await held.enter_async_context(hold(task_id))
+                    result = await read(task_id)
+                    if result is not None and result.state.is_terminal:
+                        return result
+                    recheck = recheck_interval * random.uniform(0.9, 1.1)  # noqa: S311 - jitter
+                    await asyncio.wait((waiter,), timeout=recheck)
+                finally:
+                    listener.unsubscribe(task_id, waiter)
+    except TimeoutError:
+        if scope.expired():
+            return None
+        raise

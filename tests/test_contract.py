@@ -256,3 +256,29 @@ async def test_async_with_connects_and_disconnects(backend: Backend) -> None:
         assert same is backend
         assert (await backend.healthcheck()).connected
     assert not (await backend.healthcheck()).connected
+
+
+async def test_racing_connects_share_one_connection_pool(backend: Backend) -> None:
+    """Several tasks calling connect() on one object at once: one pool, nothing leaked."""
+    await backend.disconnect()
+
+    async def connect() -> object:
+        await backend.connect()
+        return _pool_of(backend)  # what this caller was given
+
+    pools = await asyncio.gather(*(connect() for _ in range(5)))
+    assert all(pool is pools[0] for pool in pools), pools
+    assert _pool_of(backend) is pools[0]
+    assert (await backend.healthcheck()).connected
+
+
+def _pool_of(backend: Backend) -> object:
+    engine = getattr(backend, "_engine", None)
+    return engine if engine is not None else backend._client  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("ttl", [0, -5])
+async def test_a_heartbeat_lives_at_least_a_second(backend: Backend, ttl: int) -> None:
+    with pytest.raises(ValueError, match="at least 1 second"):
+        await backend.store_heartbeat("w-ttl", stats("w-ttl"), ttl=ttl)
+    assert await backend.get_heartbeat("w-ttl") is None

@@ -29,6 +29,7 @@ from chicory_backends.errors import (
     BackendUnreachableError,
     ConfigurationError,
     CorruptResultError,
+    DatabaseError,
     InvalidTaskIdError,
     NotConnectedError,
     PoolExhaustedError,
@@ -467,3 +468,11 @@ async def test_bursts_never_open_more_connections_than_the_pool_holds() -> None:
             found = await asyncio.gather(*(rb.get_result(i) for i in ids))
             assert [r.result if r else None for r in found] == list(range(64))
         assert opened[0] <= 3 - 1, opened  # connect() opened the first one
+
+
+async def test_a_command_the_server_refuses_is_a_database_error(rb: RedisBackend) -> None:
+    """The same error class as a statement a SQL server refuses."""
+    assert rb._client is not None
+    await rb._client.lpush(rb._result_key("wrong-type"), b"x")  # not a string: WRONGTYPE
+    with pytest.raises(DatabaseError, match="refused the command"):
+        await rb.get_result("wrong-type")

@@ -27,6 +27,7 @@ from redis_servers import (  # noqa: F401  (fixtures are used by name)
     throwaway_config,
 )
 
+from chicory_backends.codec import encode_document
 from chicory_backends.config import RedisBackendConfig
 from chicory_backends.errors import (
     BackendUnreachableError,
@@ -34,7 +35,8 @@ from chicory_backends.errors import (
     InvalidTaskIdError,
     NotConnectedError,
 )
-from chicory_backends.redis import LISTENER_CLIENT_NAME, RedisBackend, _document, _Listener
+from chicory_backends.redis import LISTENER_CLIENT_NAME, RedisBackend
+from chicory_backends.redis import listener as redis_listener
 from chicory_backends.types import TaskResult, TaskState
 
 pytestmark = pytest.mark.redis
@@ -99,7 +101,7 @@ async def until(condition: Callable[[], bool], within: float = 10.0) -> None:
 def registered(backend: RedisBackend, task_id: str) -> int:
     """How many waiters for ``task_id`` are registered on the backend's subscription."""
     listener = backend._listener
-    return 0 if listener is None else len(listener._waiters.get(task_id.encode(), ()))
+    return 0 if listener is None else listener.waiters_of(task_id)
 
 
 def subscribed(backend: RedisBackend, task_id: str) -> Callable[[], bool]:
@@ -176,7 +178,7 @@ async def test_only_terminal_writes_notify(
     await until(subscribed(waiter, task_id))
 
     # A subscriber of our own on the channel, to see exactly what is published.
-    spy = writer._listener_client(0)
+    spy = writer._connector.listener_client(writer._client, 0)
     pubsub = spy.pubsub()
     try:
         await pubsub.subscribe(writer._channel)
@@ -263,7 +265,7 @@ async def test_recheck_finds_a_result_that_was_never_announced(
     wait = asyncio.create_task(waiter.wait_for_result(task_id, timeout=30))
     await until(subscribed(waiter, task_id))
     assert waiter._client is not None
-    document = _document(task_id, result(task_id, S.SUCCESS, "old writer"), None)
+    document = encode_document(task_id, result(task_id, S.SUCCESS, "old writer"), None)
     await waiter._client.set(waiter._result_key(task_id), document)  # SET, no PUBLISH
     found = await asyncio.wait_for(wait, 0.3 * 1.1 + WOKEN_WITHIN)
     assert found == result(task_id, S.SUCCESS, "old writer")
@@ -287,10 +289,10 @@ async def test_a_corrupt_document_fails_only_its_own_waiters(
     assert waiter._client is not None and waiter._listener is not None
     await waiter._client.set(waiter._result_key(bad), b"not json")
     await waiter._client.set(
-        waiter._result_key(good), _document(good, result(good, S.SUCCESS, "fine"), None)
+        waiter._result_key(good), encode_document(good, result(good, S.SUCCESS, "fine"), None)
     )
-    waiter._listener._wake(bad.encode())  # as if both notifications came in one turn
-    waiter._listener._wake(good.encode())
+    waiter._listener.wake(bad)  # as if both notifications came in one turn
+    waiter._listener.wake(good)
     assert await asyncio.wait_for(waits[1], WOKEN_WITHIN) == result(good, S.SUCCESS, "fine")
     with pytest.raises(CorruptResultError, match=bad):
         await asyncio.wait_for(waits[0], WOKEN_WITHIN)
@@ -332,7 +334,7 @@ async def test_disconnect_while_subscribing(
         stuck.set()
         await asyncio.sleep(SLOW)
 
-    monkeypatch.setattr(_Listener, "_subscribe", slow_subscribe)
+    monkeypatch.setattr(redis_listener, "subscribe", slow_subscribe)
     waits = [asyncio.create_task(waiter.wait_for_result(new_id())) for _ in range(3)]
     await asyncio.wait_for(stuck.wait(), 5)
     started = time.monotonic()
@@ -449,7 +451,7 @@ async def test_a_lost_subscription_is_renewed_and_every_waiter_rereads(
     # Stored while the subscription is down, so never announced to it: a plain SET.
     assert owned._client is not None
     for task_id in ids[:2]:
-        document = _document(task_id, result(task_id, S.SUCCESS, "unannounced"), None)
+        document = encode_document(task_id, result(task_id, S.SUCCESS, "unannounced"), None)
         await owned._client.set(owned._result_key(task_id), document)
     with server.client() as admin:
         admin.client_kill_filter(_id=first["id"])

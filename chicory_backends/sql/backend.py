@@ -8,12 +8,11 @@ from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import CursorResult, Engine, Executable, event, text
+from sqlalchemy import CursorResult, Engine, Executable, text
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.util import await_only, greenlet_spawn
 
-from chicory_backends.base import Backend
+from chicory_backends.base import Backend, check_heartbeat_ttl
 from chicory_backends.coalesce import Coalescer
 from chicory_backends.codec import (
     build_result,
@@ -31,31 +30,16 @@ from chicory_backends.errors import (
     NotConnectedError,
     SchemaNotReadyError,
 )
-from chicory_backends.sql.compiled import (
-    DriverStatement,
-    compile_for_driver,
-    run_many_on_driver,
-    run_on_driver,
-)
+from chicory_backends.sql.compiled import DriverStatement, compile_for_driver
 from chicory_backends.sql.dialects import Statements, statements_for
-from chicory_backends.sql.engine import (
-    create_engine,
-    needs_transaction_per_statement,
-    translate_error,
-)
+from chicory_backends.sql.drivers import Driver, driver_for
+from chicory_backends.sql.engine import create_engine, translate_error
+from chicory_backends.sql.internals import adapted_error, greenlet_spawn
 from chicory_backends.sql.migrate import current_revision, upgrade_in_process
-from chicory_backends.sql.notify import (
-    AWAIT_WRITERS,
-    REGISTER_WAITERS,
-    UNREGISTER_WAITERS,
-    ResultListener,
-    WaiterRegistry,
-    connect_listener,
-    wait_notified,
-)
+from chicory_backends.sql.notify import WaiterRegistry, connect_listener
 from chicory_backends.sql.schema import SCHEMA_REVISION
 from chicory_backends.types import BackendStatus, TaskResult, TaskState, WorkerStats
-from chicory_backends.waiting import ReadBatcher
+from chicory_backends.waiting import RECHECK_INTERVAL, Listener, wait_for, woken_reads
 
 # How many batches of each kind may be at the server at once. One more lets a batch form
 # while another commits; more than that only splits the same calls into smaller batches.
@@ -85,7 +69,8 @@ class DatabaseBackend(Backend):
         self._engine: AsyncEngine | None = None
         self._statements: Statements | None = None
         self._ttl = timedelta(seconds=config.result_ttl) if config.result_ttl else None
-        self._in_transaction = needs_transaction_per_statement(config)
+        self._driver: Driver = driver_for(config)
+        self._in_transaction = self._driver.transaction_per_statement
         self._driver_statements: dict[int, DriverStatement] = {}
         self._connecting = asyncio.Lock()
         self._write_calls: Coalescer[dict[str, Any], None] = Coalescer(
@@ -97,6 +82,8 @@ class DatabaseBackend(Backend):
             max_bytes=MAX_BATCH_BYTES,
             isolate=_row_may_be_at_fault,
         )
+        # Looked up at each call, so a wrapped get_results (a test's, a tracer's) sees them.
+        self._woken_read = woken_reads(lambda task_ids: self.get_results(task_ids))
         self._read_calls: Coalescer[str, TaskResult | None] = Coalescer(
             self._read_one,
             self._read_batch,
@@ -137,6 +124,9 @@ class DatabaseBackend(Backend):
     async def disconnect(self) -> None:
         await self._write_calls.drain()  # what was acknowledged-to-be is written first
         await self._read_calls.drain()
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            await listener.close()
         engine, self._engine = self._engine, None
         if engine is not None:
             await engine.dispose()
@@ -229,6 +219,7 @@ class DatabaseBackend(Backend):
     # -- heartbeats ------------------------------------------------------------------
 
     async def store_heartbeat(self, worker_id: str, stats: WorkerStats, ttl: int = 30) -> None:
+        check_heartbeat_ttl(ttl)
         stmts = self._require()
         now = _utcnow()
         await self._execute(
@@ -276,10 +267,12 @@ class DatabaseBackend(Backend):
 
     # -- waiting for results ---------------------------------------------------------
 
-    # Made at the first wait on PostgreSQL, closed when the engine is disposed.
-    _listener: ResultListener | None = None
-    _reads: ReadBatcher | None = None
+    # Made at the first wait on PostgreSQL, closed at disconnect().
+    _listener: Listener | None = None
     _waiters: WaiterRegistry | None = None
+    # While listening, a waiter still re-reads this often (give or take 10%), in case its
+    # notification never comes (its registration row was cleaned up, say).
+    recheck_interval: float = RECHECK_INTERVAL
 
     async def wait_for_result(
         self,
@@ -291,35 +284,46 @@ class DatabaseBackend(Backend):
         the other dialects, and behind PgBouncer, which cannot carry LISTEN, the contract's
         polling."""
         listener = self._result_listener()
-        if listener is None or self._reads is None or self._waiters is None:
+        if listener is None or self._waiters is None:
             return await super().wait_for_result(task_id, timeout)
-        return await wait_notified(
-            listener, self._waiters, self._reads, check_task_id(task_id), timeout
+        return await wait_for(
+            listener,
+            check_task_id(task_id),
+            self._woken_read,
+            timeout,
+            hold=self._waiters.held,
+            recheck_interval=self.recheck_interval,
         )
 
-    def _result_listener(self) -> ResultListener | None:
-        """This backend's one LISTEN connection holder, or None where NOTIFY is not used."""
+    def _result_listener(self) -> Listener | None:
+        """This backend's one LISTEN session holder, or None where NOTIFY is not used."""
         stmts = self._require()
-        engine = self._engine
         config = self.config
         if (
-            engine is None
-            or stmts.delete_stale_waiters is None  # no waiter registry: not PostgreSQL
+            stmts.register_waiters is None  # no waiter registry: not PostgreSQL
+            or not self._driver.listens
             or not isinstance(config, PostgresBackendConfig)
-            or config.pgbouncer
         ):
             return None
         if self._listener is None or self._listener.closed:
-            listener = ResultListener(lambda notified: connect_listener(config, notified))
-            # disconnect() disposes the engine: the listening connection goes with it.
-            event.listen(engine.sync_engine, "engine_disposed", lambda _engine: listener.close())
-            self._listener = listener
-            self._reads = ReadBatcher(lambda task_ids: self.get_results(task_ids))
+            self._listener = Listener(
+                lambda on_message, on_lost: connect_listener(config, on_message, on_lost),
+                backend_name=type(self).__name__,
+                ping_timeout=config.connect_timeout,
+            )
         if self._waiters is None:
             # Registrations are rows, not session state: they outlive a lost listening
             # connection, and one registry (one token) serves the backend's lifetime. Its
             # statements run on the ordinary pool.
-            self._waiters = WaiterRegistry(self._run_registry_statement)
+            register, unregister, fence = (
+                stmts.register_waiters, stmts.unregister_waiters, stmts.await_writers
+            )  # fmt: skip
+            assert unregister is not None and fence is not None
+            self._waiters = WaiterRegistry(
+                lambda ids, token: self._execute(register, {"task_ids": ids, "waiter": token}),
+                lambda ids, token: self._execute(unregister, {"task_ids": ids, "waiter": token}),
+                lambda ids: self._fetch(fence, {"task_ids": ids}),
+            )
         return self._listener
 
     async def _delete_stale_waiters(self, now: datetime) -> None:
@@ -330,11 +334,6 @@ class DatabaseBackend(Backend):
         statement = self._require().delete_stale_waiters
         if statement is not None:
             await self._execute(statement, {"cutoff": now - STALE_WAITER_AGE})
-
-    async def _run_registry_statement(self, sql: str, params: dict[str, Any]) -> object:
-        if sql == AWAIT_WRITERS:
-            return await self._fetch(_REGISTRY_STATEMENTS[sql], params)
-        return await self._execute(_REGISTRY_STATEMENTS[sql], params)
 
     # -- plumbing --------------------------------------------------------------------
 
@@ -352,7 +351,7 @@ class DatabaseBackend(Backend):
         each statement), with ``echo`` (SQLAlchemy logs the SQL), and on drivers the fast
         path does not call.
         """
-        if self._in_transaction or self.config.echo:
+        if not self._driver.fast_path or self._in_transaction or self.config.echo:
             return {}
         hot = (
             stmts.set_state, stmts.store_result, stmts.get_result, stmts.get_results,
@@ -411,7 +410,13 @@ class DatabaseBackend(Backend):
                     fast = self._driver_statements.get(id(statement))
                     if fast is not None:
                         return await greenlet_spawn(
-                            _run_on_driver, engine.sync_engine, fast, params, fetch, start_clock
+                            _run_on_driver,
+                            self._driver,
+                            engine.sync_engine,
+                            fast,
+                            params,
+                            fetch,
+                            start_clock,
                         )
                     return await greenlet_spawn(
                         _run_on_pool,
@@ -454,7 +459,7 @@ class _MaybeConnected:
         self._opened = False
 
     async def __aenter__(self) -> None:
-        if self._backend._engine is None:
+        if self._backend._engine is None:  # noqa: SLF001 - the backend's own helper
             await self._backend.connect()
             self._opened = True
 
@@ -483,13 +488,9 @@ def _run_on_pool(
 
 STALE_WAITER_AGE = timedelta(days=1)
 
-# Compiled once: the waiter registry's statements (PostgreSQL only).
-_REGISTRY_STATEMENTS = {
-    sql: text(sql) for sql in (REGISTER_WAITERS, UNREGISTER_WAITERS, AWAIT_WRITERS)
-}
-
 
 def _run_on_driver(
+    driver: Driver,
     engine: Engine,
     statement: DriverStatement,
     params: Mapping[str, Any] | Sequence[Mapping[str, Any]],
@@ -515,13 +516,17 @@ def _run_on_driver(
     try:
         on_checkout()
         try:
-            driver = pooled.driver_connection
+            adapted = pooled.dbapi_connection
+            assert adapted is not None
             if rows is not None:
-                await_only(run_many_on_driver(dialect.driver, driver, statement, rows))
+                adapted.run_async(lambda raw: driver.run_many(raw, statement, rows))
                 return 0
-            return await_only(run_on_driver(dialect.driver, driver, statement, args, fetch))
+            outcome: int | list[Any] = adapted.run_async(
+                lambda raw: driver.run(raw, statement, args, fetch)
+            )
+            return outcome
         except Exception as error:
-            orig = _adapted_error(pooled.dbapi_connection, error)
+            orig = adapted_error(pooled.dbapi_connection, error)
             if isinstance(orig, dialect.loaded_dbapi.Error):
                 dropped = dialect.is_disconnect(orig, pooled.dbapi_connection, None)
                 wrapped = DBAPIError.instance(
@@ -542,15 +547,6 @@ def _run_on_driver(
             raise
     finally:
         pooled.close()
-
-
-def _adapted_error(dbapi_connection: Any, error: Exception) -> BaseException:
-    """The DBAPI exception SQLAlchemy's async adapter makes of a raw driver exception."""
-    try:
-        dbapi_connection._handle_exception(error)
-    except Exception as adapted:
-        return adapted
-    return error
 
 
 def _utcnow() -> datetime:

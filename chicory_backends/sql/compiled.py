@@ -17,9 +17,6 @@ from sqlalchemy import Executable
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql.compiler import SQLCompiler
 
-# Drivers the fast path knows how to call; others (SQL Server's aioodbc) keep SQLAlchemy.
-FAST_DRIVERS = ("asyncpg", "aiomysql", "aiosqlite")
-
 
 @dataclass(frozen=True, slots=True)
 class DriverStatement:
@@ -38,9 +35,7 @@ class DriverStatement:
 
 def compile_for_driver(statement: Executable, dialect: Dialect) -> DriverStatement | None:
     """``statement`` as driver SQL, or None when it cannot be run that way (its shape
-    depends on the parameters, or the driver is not one the fast path calls)."""
-    if dialect.driver not in FAST_DRIVERS:
-        return None
+    depends on the parameters)."""
     compiled = statement.compile(dialect=dialect)  # type: ignore[attr-defined]
     assert isinstance(compiled, SQLCompiler)
     if compiled.positiontup is None or any(
@@ -52,63 +47,9 @@ def compile_for_driver(statement: Executable, dialect: Dialect) -> DriverStateme
     ):
         return None
     names = tuple(compiled.positiontup)
-    processors: list[Callable[[Any], Any] | None] = []
-    for name in names:
-        process = compiled._bind_processors.get(name)
-        if process is not None and not callable(process):  # a tuple's, per element
-            return None
-        processors.append(process)
-    return DriverStatement(sql=compiled.string, names=names, processors=tuple(processors))
-
-
-async def run_on_driver(
-    driver_name: str, driver: Any, statement: DriverStatement, args: tuple[Any, ...], fetch: bool
-) -> int | list[Any]:
-    """``statement`` on one driver connection: its rows as tuples, or its rowcount."""
-    sql = statement.sql
-    if driver_name == "asyncpg":
-        if fetch:
-            return [tuple(record) for record in await driver.fetch(sql, *args)]
-        return _status_rowcount(await driver.execute(sql, *args))
-    if driver_name == "aiomysql":
-        async with driver.cursor() as cursor:
-            await cursor.execute(sql, args)
-            return list(await cursor.fetchall()) if fetch else int(cursor.rowcount)
-    if fetch:  # aiosqlite: one hop to its thread instead of cursor, execute, fetch, close
-        return list(await driver.execute_fetchall(sql, args))
-    cursor = await driver.execute(sql, args)
-    try:
-        return int(cursor.rowcount)
-    finally:
-        await cursor.close()
-
-
-async def run_many_on_driver(
-    driver_name: str, driver: Any, statement: DriverStatement, rows: list[tuple[Any, ...]]
-) -> None:
-    """``statement`` once per row, as one round trip and one commit where the driver can.
-
-    asyncpg pipelines the executions and makes them atomic; aiomysql rewrites an
-    ``INSERT .. VALUES (..) ON DUPLICATE KEY UPDATE`` into one multi-row statement;
-    aiosqlite runs them in one transaction, so the batch costs one commit, not one a row.
-    """
-    sql = statement.sql
-    if driver_name == "asyncpg":
-        await driver.executemany(sql, rows)
-    elif driver_name == "aiomysql":
-        async with driver.cursor() as cursor:
-            await cursor.executemany(sql, rows)
-    else:
-        await driver.execute("BEGIN IMMEDIATE")
-        try:
-            await driver.executemany(sql, rows)
-        except BaseException:
-            await driver.rollback()
-            raise
-        await driver.commit()
-
-
-def _status_rowcount(status: str) -> int:
-    """The row count at the end of a PostgreSQL command tag (``DELETE 3``, ``INSERT 0 1``)."""
-    count = status.rpartition(" ")[2]
-    return int(count) if count.isdigit() else -1
+    # The processor SQLAlchemy itself would apply to each value (SQLite's datetimes, say),
+    # from the type's public API.
+    processors = tuple(
+        compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect) for name in names
+    )
+    return DriverStatement(sql=compiled.string, names=names, processors=processors)

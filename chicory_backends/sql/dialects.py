@@ -30,7 +30,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import Dialect
 
-from chicory_backends.sql.schema import task_results, worker_heartbeats
+from chicory_backends.sql.schema import RESULT_WAITERS_TABLE, task_results, worker_heartbeats
 from chicory_backends.types import TERMINAL_STATES
 
 TERMINAL = sorted(str(state) for state in TERMINAL_STATES)
@@ -65,8 +65,12 @@ class Statements:
     lock_migrations: str | None
     unlock_migrations: str | None
     # PostgreSQL only: the waiter registry behind LISTEN/NOTIFY wake-ups (revision 0003)
-    # exists there alone; None elsewhere, where waiting polls.
-    delete_stale_waiters: Executable | None
+    # exists there alone; None elsewhere, where waiting polls. Each takes a batch of ids
+    # as :task_ids and (but the fence) the registering backend's token as :waiter.
+    delete_stale_waiters: Executable | None = None
+    register_waiters: Executable | None = None
+    unregister_waiters: Executable | None = None
+    await_writers: Executable | None = None  # the fence: waits for writers of the ids
 
 
 def _may_write(existing_state: ColumnElement[Any], incoming_state: ColumnElement[Any]) -> Any:
@@ -116,8 +120,9 @@ def _mssql_merge(
     sets = ", ".join(f"{name} = s.{name}" for name in update_cols)
     cols = ", ".join(insert_cols)
     values = ", ".join(f"s.{name}" for name in insert_cols)
+    # Names and literals of our own schema only; every value is a bound parameter.
     sql = (
-        f"MERGE {table.name} WITH (HOLDLOCK) AS t USING (SELECT {source}) AS s ON {on} "
+        f"MERGE {table.name} WITH (HOLDLOCK) AS t USING (SELECT {source}) AS s ON {on} "  # noqa: S608
         f"WHEN MATCHED{guard} THEN UPDATE SET {sets} "
         f"WHEN NOT MATCHED THEN INSERT ({cols}) VALUES ({values});"
     )
@@ -219,9 +224,22 @@ def statements_for(dialect: Dialect, cleanup_batch_size: int = 5000) -> Statemen
         ),
         lock_migrations=lock,
         unlock_migrations=unlock,
-        delete_stale_waiters=(
-            text("DELETE FROM chicory_result_waiters WHERE registered_at < :cutoff")
-            if name == "postgresql"
-            else None
-        ),
+        **(_WAITER_REGISTRY if name == "postgresql" else {}),
     )
+
+
+_WAITER_REGISTRY: dict[str, Executable] = {
+    "delete_stale_waiters": text(
+        f"DELETE FROM {RESULT_WAITERS_TABLE} WHERE registered_at < :cutoff"  # noqa: S608
+    ),
+    "register_waiters": text(
+        f"INSERT INTO {RESULT_WAITERS_TABLE} (task_id, waiter, registered_at) "
+        "SELECT unnest(CAST(:task_ids AS text[])), CAST(:waiter AS uuid), now() "
+        "ON CONFLICT DO NOTHING"
+    ),
+    "unregister_waiters": text(
+        f"DELETE FROM {RESULT_WAITERS_TABLE} "  # noqa: S608 - our table's name
+        "WHERE waiter = CAST(:waiter AS uuid) AND task_id = ANY(CAST(:task_ids AS text[]))"
+    ),
+    "await_writers": text("SELECT chicory_await_result_writers(CAST(:task_ids AS text[]))"),
+}

@@ -5,9 +5,10 @@ the same transaction that stores a terminal result; since 0003 it notifies only 
 task id is registered in ``chicory_result_waiters``, because notifying transactions commit
 one at a time (no shared WAL flush) and waiting clients are rare next to stores. Each
 backend listens on ONE direct asyncpg connection (opened at the first wait, closed at
-disconnect, re-opened if lost) and dispatches payloads to per-task futures: ten thousand
-waiters cost one listening connection, a few batched registration statements and batched
-``get_results`` reads on the ordinary pool.
+disconnect, re-opened if lost), held by the shared Listener (waiting.py): ten thousand
+waiters cost one listening connection, a few batched registration statements and
+coalesced reads on the ordinary pool. This module holds PostgreSQL's part: the session
+(connect, listen, ping) and the waiter registry.
 
 A wait is "listen, register, fence, read, sleep":
 
@@ -37,57 +38,44 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 from chicory_backends.config import PostgresBackendConfig
-from chicory_backends.errors import NotConnectedError
 from chicory_backends.sql.engine import translate_error
-from chicory_backends.types import TaskResult
-from chicory_backends.waiting import ReadBatcher
+from chicory_backends.waiting import OnLost, OnMessage
 
-__all__ = [
-    "AWAIT_WRITERS",
-    "CHANNEL",
-    "LISTENER_APPLICATION_NAME",
-    "REGISTER_WAITERS",
-    "UNREGISTER_WAITERS",
-    "ResultListener",
-    "WaiterRegistry",
-    "connect_listener",
-    "wait_notified",
-]
+__all__ = ["CHANNEL", "LISTENER_APPLICATION_NAME", "WaiterRegistry", "connect_listener"]
 
 CHANNEL = "chicory_results"
 LISTENER_APPLICATION_NAME = "chicory-backends-listener"
-
-# The statements of the registry, for the backend's ordinary (autocommit) engine; each
-# takes a batch of ids as :task_ids and this backend's token as :waiter.
-REGISTER_WAITERS = (
-    "INSERT INTO chicory_result_waiters (task_id, waiter, registered_at) "
-    "SELECT unnest(CAST(:task_ids AS text[])), CAST(:waiter AS uuid), now() "
-    "ON CONFLICT DO NOTHING"
-)
-UNREGISTER_WAITERS = (
-    "DELETE FROM chicory_result_waiters "
-    "WHERE waiter = CAST(:waiter AS uuid) AND task_id = ANY(CAST(:task_ids AS text[]))"
-)
-AWAIT_WRITERS = "SELECT chicory_await_result_writers(CAST(:task_ids AS text[]))"
 
 _log = logging.getLogger(__name__)
 
 # URL options SQLAlchemy's asyncpg dialect understands but asyncpg.connect() does not.
 _SQLALCHEMY_ONLY = ("prepared_statement_cache_size", "prepared_statement_name_func")
 
-Notified = Callable[[Any, int, str, str], None]  # asyncpg: (connection, pid, channel, payload)
-Connect = Callable[[Notified], Awaitable[Any]]
+
+class ListenSession:
+    """The LISTEN connection, as the shared Listener sees it."""
+
+    def __init__(self, connection: Any) -> None:
+        self._connection = connection
+
+    async def ping(self) -> None:
+        await self._connection.execute("SELECT 1")
+
+    async def close(self) -> None:
+        if not self._connection.is_closed():
+            self._connection.terminate()
 
 
 async def connect_listener(
-    config: PostgresBackendConfig, on_notification: Notified, channel: str = CHANNEL
-) -> Any:
+    config: PostgresBackendConfig, on_message: OnMessage, on_lost: OnLost
+) -> ListenSession:
     """A direct asyncpg connection to the backend's database, outside the pool, that
-    LISTENs on ``channel``.
+    LISTENs on the results channel.
 
     Made from the same URL as the engine (so the same host, credentials, database and
     options), named in pg_stat_activity so it can be told from the pooled ones. Direct,
@@ -108,145 +96,46 @@ async def connect_listener(
     connection = None
     try:
         connection = await asyncpg.connect(**options)
-        await connection.add_listener(channel, on_notification)
+        await connection.add_listener(
+            CHANNEL, lambda _connection, _pid, _channel, payload: on_message(payload)
+        )
+        connection.add_termination_listener(lambda _connection: on_lost())
     except Exception as error:
         if connection is not None:
             connection.terminate()
         raise translate_error(error, config) from None
-    return connection
+    return ListenSession(connection)
 
 
-class ResultListener:
-    """One LISTEN connection and the futures of the tasks being waited for.
-
-    ``subscribe`` returns once the connection is listening, with a future that is
-    resolved by the task's notification (or by a lost connection, as a cue to re-read).
-    """
-
-    def __init__(self, connect: Connect, ping_interval: float = 30.0) -> None:
-        self._connect = connect
-        self._ping_interval = ping_interval
-        self._connection: Any = None
-        self._opening: asyncio.Task[None] | None = None
-        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
-        self._watchdog: asyncio.Task[None] | None = None
-        self.closed = False
-
-    @property
-    def connected(self) -> bool:
-        return self._connection is not None
-
-    @property
-    def waiting(self) -> int:
-        """How many distinct tasks are waited for right now."""
-        return len(self._waiters)
-
-    async def subscribe(self, task_id: str) -> asyncio.Future[None]:
-        await self._ensure_listening()
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(task_id, set()).add(future)
-        return future
-
-    def unsubscribe(self, task_id: str, future: asyncio.Future[None]) -> None:
-        futures = self._waiters.get(task_id)
-        if futures is not None:
-            futures.discard(future)
-            if not futures:
-                del self._waiters[task_id]
-
-    def close(self) -> None:
-        """Drop the connection for good; waiters wake up and find the backend closed.
-
-        Synchronous (asyncpg's terminate) so that it can run from the engine's dispose.
-        """
-        self.closed = True
-        self._drop()
-
-    async def _ensure_listening(self) -> None:
-        if self._connection is not None:
-            return
-        if self.closed:
-            raise NotConnectedError("DatabaseBackend")
-        # One attempt at a time, shared by everyone who needs it: when the server is down,
-        # ten thousand waiters get the one failure instead of queueing ten thousand tries.
-        if self._opening is None:
-            opening = asyncio.get_running_loop().create_task(self._open())
-            opening.add_done_callback(self._opened)
-            self._opening = opening
-        await asyncio.shield(self._opening)
-
-    async def _open(self) -> None:
-        connection = await self._connect(self._on_notification)
-        if self.closed:  # the backend was disconnected while we connected
-            connection.terminate()
-            raise NotConnectedError("DatabaseBackend")
-        connection.add_termination_listener(self._on_termination)
-        self._connection = connection
-        self._watchdog = asyncio.get_running_loop().create_task(self._watch(connection))
-
-    def _opened(self, opening: asyncio.Task[None]) -> None:
-        self._opening = None
-        if not opening.cancelled():
-            opening.exception()  # retrieved here too, in case every waiter gave up
-
-    def _on_notification(self, _connection: Any, _pid: int, _channel: str, payload: str) -> None:
-        for future in self._waiters.pop(payload, ()):
-            if not future.done():
-                future.set_result(None)
-
-    def _on_termination(self, connection: Any) -> None:
-        if connection is self._connection:
-            self._drop()
-
-    def _drop(self) -> None:
-        connection, self._connection = self._connection, None
-        watchdog, self._watchdog = self._watchdog, None
-        if watchdog is not None and watchdog is not _current_task():
-            watchdog.cancel()
-        if connection is not None and not connection.is_closed():
-            connection.terminate()
-        # Every waiter re-subscribes (reconnecting) and re-reads: whatever was stored while
-        # nobody listened is found by that read.
-        waiters, self._waiters = self._waiters, {}
-        for futures in waiters.values():
-            for future in futures:
-                if not future.done():
-                    future.set_result(None)
-
-    async def _watch(self, connection: Any) -> None:
-        """Find a connection that died silently (no RST, e.g. behind NAT) while waited on."""
-        while True:
-            await asyncio.sleep(self._ping_interval)
-            if not self._waiters:
-                continue
-            try:
-                async with asyncio.timeout(max(self._ping_interval / 3, 1.0)):
-                    await connection.execute("SELECT 1")
-            except Exception:
-                if connection is self._connection:
-                    self._drop()
-                return
-
-
-Statement = Callable[[str, dict[str, Any]], Awaitable[object]]
+Batch = Callable[[list[str]], Awaitable[object]]
 
 
 class WaiterRegistry:
     """This backend's rows in ``chicory_result_waiters``: one per task id waited for.
 
-    ``acquire`` returns once the id is registered (committed) and fenced (step 2 and 3 of
-    the module docstring); every ``acquire`` must be matched by one ``release``, whether it
-    returned or raised. Local waiters of one id share its row, counted here; the row is
-    deleted, in the background, when the last one releases it.
+    ``held(task_id)`` is entered once the id is registered (committed) and fenced (steps
+    2 and 3 of the module docstring) and left when the wait ends, however it ends. Local
+    waiters of one id share its row, counted here; the row is deleted, in the
+    background, when the last one leaves.
 
     Registrations and deletions go out in batches (``max_batch`` ids per statement) from
     one background task, in order, so a deletion never overtakes the re-registration of
-    the same id; the fences of the batches run concurrently.
+    the same id; the fences of the batches run concurrently. The three statements are
+    the backend's (``register(ids)``, ``unregister(ids)``, ``fence(ids)``), bound to
+    ``token``.
     """
 
-    def __init__(self, run: Statement, max_batch: int = 1000) -> None:
+    def __init__(
+        self,
+        register: Callable[[list[str], str], Awaitable[object]],
+        unregister: Callable[[list[str], str], Awaitable[object]],
+        fence: Batch,
+        max_batch: int = 1000,
+    ) -> None:
         self.token = str(uuid.uuid4())
-        self._run = run
+        self._register = register
+        self._unregister = unregister
+        self._fence_writers = fence
         self._max_batch = max_batch
         self._counts: dict[str, int] = {}
         # Registered (or being registered) ids; the future resolves once fenced.
@@ -270,6 +159,14 @@ class WaiterRegistry:
             and (self._pump is None or self._pump.done())
             and not self._fences
         )
+
+    @asynccontextmanager
+    async def held(self, task_id: str) -> AsyncIterator[None]:
+        try:
+            await self.acquire(task_id)
+            yield
+        finally:  # released even when acquire raised: it counted the waiter first
+            self.release(task_id)
 
     async def acquire(self, task_id: str) -> None:
         self._counts[task_id] = self._counts.get(task_id, 0) + 1
@@ -313,13 +210,13 @@ class WaiterRegistry:
                 self._ready.pop(task_id, None)
             for chunk in self._chunks(deletes):
                 try:
-                    await self._run(UNREGISTER_WAITERS, {"task_ids": chunk, "waiter": self.token})
+                    await self._unregister(chunk, self.token)
                 except Exception as error:  # a stale row costs needless notifies only
                     _log.warning("could not unregister %d waiters: %s", len(chunk), error)
             for chunk in self._chunks(list(registers)):
                 batch = {task_id: registers[task_id] for task_id in chunk}
                 try:
-                    await self._run(REGISTER_WAITERS, {"task_ids": chunk, "waiter": self.token})
+                    await self._register(chunk, self.token)
                 except BaseException as error:
                     self._fail(batch, error)
                     if not isinstance(error, Exception):
@@ -331,7 +228,7 @@ class WaiterRegistry:
 
     async def _fence(self, batch: dict[str, asyncio.Future[None]]) -> None:
         try:
-            await self._run(AWAIT_WRITERS, {"task_ids": list(batch)})
+            await self._fence_writers(list(batch))
         except BaseException as error:
             self._fail(batch, error)
             if not isinstance(error, Exception):
@@ -361,50 +258,3 @@ class WaiterRegistry:
 def _retrieve(future: asyncio.Future[None]) -> None:
     if not future.cancelled():
         future.exception()
-
-
-def _current_task() -> asyncio.Task[Any] | None:
-    try:
-        return asyncio.current_task()
-    except RuntimeError:
-        return None
-
-
-async def wait_notified(
-    listener: ResultListener,
-    registry: WaiterRegistry,
-    reads: ReadBatcher,
-    task_id: str,
-    timeout: float | None,  # noqa: ASYNC109
-) -> TaskResult | None:
-    """Listen, register and fence, read once, then sleep until notified (see the module
-    docstring); None when ``timeout`` passes first."""
-    if timeout is not None and timeout <= 0:  # a look, not a wait: nothing to listen for
-        result = await reads.get(task_id)
-        return result if result is not None and result.state.is_terminal else None
-    scope = asyncio.timeout(timeout)
-    try:
-        async with scope:
-            registered = False
-            try:
-                while True:
-                    waiter = await listener.subscribe(task_id)  # 1: listening
-                    try:
-                        if not registered:
-                            registered = True  # released below even if acquire raises
-                            await registry.acquire(task_id)  # 2 and 3: registered, fenced
-                        result = await reads.get(task_id)  # 4
-                        if result is not None and result.state.is_terminal:
-                            return result
-                        await waiter  # 5; or woken by a lost connection: listen again
-                    finally:
-                        listener.unsubscribe(task_id, waiter)
-                        if not waiter.done():
-                            waiter.cancel()
-            finally:
-                if registered:
-                    registry.release(task_id)
-    except TimeoutError:
-        if scope.expired():
-            return None
-        raise

@@ -1,0 +1,1 @@
+"""The unit tier (a package, so its conftest never shadows tests/conftest.py as ``conftest``)."""
