@@ -16,26 +16,20 @@ import json
 import re
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 from alembic import command
 from alembic.util import CommandError
 from pydantic import SecretStr
-from sqlalchemy import case, event, func, or_, select
-from sqlalchemy.engine import Engine
-from sqlalchemy.engine.default import DefaultExecutionContext
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from chicory_backends.alembic_ini import alembic_ini
-from chicory_backends.config import AnyBackendConfig, PostgresBackendConfig, SQLBackendConfig
+from chicory_backends.config import AnyBackendConfig, SQLBackendConfig
 from chicory_backends.errors import (
     ChicoryBackendError,
     ConfigurationError,
-    SchemaNotReadyError,
 )
 from chicory_backends.factory import (
     config_for,
@@ -45,9 +39,10 @@ from chicory_backends.factory import (
     resolve_kind,
 )
 from chicory_backends.sql.backend import DatabaseBackend
-from chicory_backends.sql.engine import create_engine, translate_error
-from chicory_backends.sql.migrate import alembic_config, current_revision
-from chicory_backends.sql.schema import SCHEMA_REVISION, task_results
+from chicory_backends.sql.drivers import driver_for
+from chicory_backends.sql.engine import translate_error
+from chicory_backends.sql.maintenance import Progress
+from chicory_backends.sql.migrate import alembic_config, database_revision
 from chicory_backends.types import BackendStatus, BackendType, WorkerStats
 
 PROG = "chicory-backends"
@@ -234,34 +229,7 @@ def describe_duration(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
-# -- SQL plumbing --------------------------------------------------------------------
-
-
-@asynccontextmanager
-async def schema_checked(config: SQLBackendConfig) -> AsyncIterator[AsyncConnection]:
-    """A connection to a database at the schema this library reads, checked as connect() does."""
-    engine = create_engine(config)
-    try:
-        async with engine.connect() as connection:
-            found = await current_revision(connection)
-            if found != SCHEMA_REVISION:
-                raise SchemaNotReadyError(found, SCHEMA_REVISION)
-            yield connection
-    except Exception as error:
-        raise translate_error(error, config) from None
-    finally:
-        await engine.dispose()
-
-
-async def read_revision(config: SQLBackendConfig) -> str | None:
-    engine = create_engine(config)
-    try:
-        async with engine.connect() as connection:
-            return await current_revision(connection)
-    except Exception as error:
-        raise translate_error(error, config) from None
-    finally:
-        await engine.dispose()
+# -- alembic -------------------------------------------------------------------------
 
 
 def run_alembic(config: SQLBackendConfig, step: Callable[[], None]) -> None:
@@ -288,16 +256,16 @@ def run_migrate(args: argparse.Namespace, target: Target) -> int:
         emit(args, {"backend": target.kind.value, "sql": sql}, sql.rstrip("\n"))
         return EXIT_OK
 
-    if isinstance(config, PostgresBackendConfig) and config.pgbouncer:
+    if not driver_for(config).session_pinned:
         # The migration lock is a session-wide advisory lock: through transaction pooling
         # it would stay behind on whichever server connection took it.
         raise ConfigurationError(
             "migrate needs a direct connection to PostgreSQL, not through PgBouncer: run it "
             "with CHICORY_BACKEND_POSTGRES_PGBOUNCER=false and the server's own address"
         )
-    before = asyncio.run(read_revision(config))
+    before = asyncio.run(database_revision(config))
     run_alembic(config, lambda: command.upgrade(alembic_cfg, "head"))
-    after = asyncio.run(read_revision(config))
+    after = asyncio.run(database_revision(config))
     if before == after:
         text = f"{target.label}: schema already at revision {after} (head)"
     else:
@@ -322,52 +290,16 @@ def run_alembic_ini(args: argparse.Namespace) -> int:
 # -- cleanup -------------------------------------------------------------------------
 
 
-async def count_reclaimable(config: SQLBackendConfig, older_than: float) -> int:
-    """What cleanup would delete: expired rows and rows untouched for ``older_than``."""
-    now = datetime.now(UTC)
-    cutoff = now - timedelta(seconds=older_than)
-    query = (
-        select(func.count())
-        .select_from(task_results)
-        .where(or_(task_results.c.expires_at < now, task_results.c.updated_at < cutoff))
-    )
-    async with schema_checked(config) as connection:
-        return int((await connection.execute(query)).scalar_one())
-
-
-@contextmanager
-def batch_progress(enabled: bool) -> Iterator[None]:
-    """A live 'deleted so far' line on stderr while the backend deletes batch after batch.
-
-    The backend runs each batch as its own DELETE; counting their rows as they finish
-    shows progress without reimplementing (and drifting from) its cleanup.
-    """
+def batch_progress(enabled: bool) -> Progress | None:
+    """A live 'deleted so far' line on stderr, told by the backend after each batch."""
     if not enabled:
-        yield
-        return
-    deleted = 0
+        return None
 
-    def after_delete(
-        _conn: Any,
-        cursor: Any,
-        _sql: str,
-        _params: Any,
-        context: DefaultExecutionContext,
-        _many: bool,
-    ) -> None:
-        nonlocal deleted
-        if context.isdelete and cursor.rowcount > 0:
-            deleted += cursor.rowcount
-            sys.stderr.write(f"\rcleanup: {deleted} results deleted so far...")
-            sys.stderr.flush()
-
-    event.listen(Engine, "after_cursor_execute", after_delete)
-    try:
-        yield
-    finally:
-        event.remove(Engine, "after_cursor_execute", after_delete)
-        sys.stderr.write("\r\033[K")
+    def show(deleted: int) -> None:
+        sys.stderr.write(f"\rcleanup: {deleted} results deleted so far...")
         sys.stderr.flush()
+
+    return show
 
 
 def run_cleanup(args: argparse.Namespace, target: Target) -> int:
@@ -383,16 +315,21 @@ def run_cleanup(args: argparse.Namespace, target: Target) -> int:
         "batch_size": config.cleanup_batch_size,
         "dry_run": args.dry_run,
     }
+    backend = DatabaseBackend(config)  # never connected: each call connects for itself
     if args.dry_run:
-        count = asyncio.run(count_reclaimable(config, older_than))
+        count = asyncio.run(backend.count_reclaimable(older_than))
         payload["would_delete"] = count
         emit(args, payload, f"{target.label}: would delete {count} results ({what}); dry run")
         return EXIT_OK
 
     started = time.monotonic()
-    backend = DatabaseBackend(config)  # never connected: cleanup connects for itself
-    with batch_progress(sys.stderr.isatty() and not args.json):
-        deleted = asyncio.run(backend.cleanup_old_results(older_than))
+    progress = batch_progress(sys.stderr.isatty() and not args.json)
+    try:
+        deleted = asyncio.run(backend.cleanup_old_results(older_than, progress=progress))
+    finally:
+        if progress is not None:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
     elapsed = time.monotonic() - started
     payload.update(deleted=deleted, seconds=round(elapsed, 3))
     emit(args, payload, f"{target.label}: deleted {deleted} results ({what}) in {elapsed:.1f}s")
@@ -438,46 +375,8 @@ def run_health(args: argparse.Namespace, target: Target) -> int:
 # -- stats ---------------------------------------------------------------------------
 
 
-@dataclass
-class ResultStats:
-    by_state: dict[str, int] = field(default_factory=dict)
-    expired: int = 0
-    oldest: datetime | None = None
-    newest: datetime | None = None
-
-    @property
-    def total(self) -> int:
-        return sum(self.by_state.values())
-
-
-async def read_stats(config: SQLBackendConfig) -> ResultStats:
-    """One GROUP BY over the results table; expired rows count until cleanup reclaims them."""
-    table = task_results.c
-    now = datetime.now(UTC)
-    query = (
-        select(
-            table.state,
-            func.count(),
-            func.sum(case((table.expires_at < now, 1), else_=0)),
-            func.min(table.updated_at),
-            func.max(table.updated_at),
-        )
-        .group_by(table.state)
-        .order_by(table.state)
-    )
-    stats = ResultStats()
-    async with schema_checked(config) as connection:
-        rows = (await connection.execute(query)).all()
-    for state, count, expired, oldest, newest in rows:
-        stats.by_state[state] = int(count)
-        stats.expired += int(expired or 0)
-        stats.oldest = oldest if stats.oldest is None else min(stats.oldest, oldest)
-        stats.newest = newest if stats.newest is None else max(stats.newest, newest)
-    return stats
-
-
 def run_stats(args: argparse.Namespace, target: Target) -> int:
-    stats = asyncio.run(read_stats(target.sql_config("stats")))
+    stats = asyncio.run(DatabaseBackend(target.sql_config("stats")).result_stats())
     payload = {
         "backend": target.kind.value,
         "address": target.config.address(),

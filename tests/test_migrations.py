@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from chicory_backends.config import SQLBackendConfig
 from chicory_backends.errors import SchemaNotReadyError
 from chicory_backends.sql.backend import DatabaseBackend
-from chicory_backends.sql.dialects import statements_for
+from chicory_backends.sql.dialects import migration_lock_for
 from chicory_backends.sql.engine import create_engine
 from chicory_backends.sql.migrate import VERSION_TABLE, alembic_config, current_revision
 from chicory_backends.sql.schema import SCHEMA_REVISION, metadata
@@ -174,16 +174,16 @@ async def test_two_concurrent_upgrades_on_an_empty_database(kind: str) -> None:
     engine = create_engine(config)
     try:
         async with engine.connect() as holder:
-            lock = statements_for(holder.dialect)
-            assert lock.lock_migrations and lock.unlock_migrations
-            await holder.exec_driver_sql(lock.lock_migrations)
+            lock = migration_lock_for(holder.dialect)
+            assert lock.lock and lock.unlock
+            await holder.exec_driver_sql(lock.lock)
 
             first, second = [await run_alembic_upgrade(url_of(config)) for _ in range(2)]
             async with asyncio.timeout(30):
                 await wait_for_waiters(holder, [first, second])
             assert await tables_and_revision(config) == (set(), None)
 
-            await holder.exec_driver_sql(lock.unlock_migrations)
+            await holder.exec_driver_sql(lock.unlock)
             outputs = await asyncio.wait_for(
                 asyncio.gather(first.communicate(), second.communicate()), 60
             )

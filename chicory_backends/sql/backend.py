@@ -30,11 +30,13 @@ from chicory_backends.errors import (
     NotConnectedError,
     SchemaNotReadyError,
 )
+from chicory_backends.sql import maintenance
 from chicory_backends.sql.compiled import DriverStatement, compile_for_driver
 from chicory_backends.sql.dialects import Statements, statements_for
 from chicory_backends.sql.drivers import Driver, driver_for
 from chicory_backends.sql.engine import create_engine, translate_error
 from chicory_backends.sql.internals import adapted_error, greenlet_spawn
+from chicory_backends.sql.maintenance import Progress
 from chicory_backends.sql.migrate import current_revision, upgrade_in_process
 from chicory_backends.sql.notify import WaiterRegistry, connect_listener
 from chicory_backends.sql.schema import SCHEMA_REVISION
@@ -199,22 +201,38 @@ class DatabaseBackend(Backend):
         stmts = self._require()
         await self._execute(stmts.delete_result, {"task_id": check_task_id(task_id)})
 
-    async def cleanup_old_results(self, older_than_seconds: float = 86400) -> int:
+    async def cleanup_old_results(
+        self, older_than_seconds: float = 86400, *, progress: Progress | None = None
+    ) -> int:
         """Delete expired results and those untouched for ``older_than_seconds``.
 
         Works on a backend that was never connected (the cron line), deletes in bounded
-        batches, each its own short statement through an index, and returns the total.
+        batches, each its own short statement through an index, and returns the total;
+        ``progress`` is told the running total after each batch (the CLI's live line).
         """
         if older_than_seconds < 0:
             raise ValueError("older_than_seconds must not be negative")
         async with self._connected_for_maintenance():
-            stmts = self._require()
-            now = _utcnow()
-            expired = await self._delete_in_batches(stmts.delete_expired_results, now)
-            old = await self._delete_in_batches(
-                stmts.delete_old_results, now - timedelta(seconds=older_than_seconds)
+            return await maintenance.cleanup(
+                self._execute,
+                self._require(),
+                _utcnow(),
+                older_than_seconds,
+                self.config.cleanup_batch_size,
+                progress,
             )
-            return expired + old
+
+    async def count_reclaimable(self, older_than_seconds: float = 86400) -> int:
+        """What ``cleanup_old_results(older_than_seconds)`` would delete now."""
+        async with self._connected_for_maintenance():
+            return await maintenance.count_reclaimable(
+                self._fetch, self._require(), _utcnow(), older_than_seconds
+            )
+
+    async def result_stats(self) -> maintenance.ResultStats:
+        """Results per state, how many expired but not yet reclaimed, oldest and newest."""
+        async with self._connected_for_maintenance():
+            return await maintenance.result_stats(self._fetch, self._require(), _utcnow())
 
     # -- heartbeats ------------------------------------------------------------------
 
@@ -249,7 +267,9 @@ class DatabaseBackend(Backend):
             stmts = self._require()
             now = _utcnow()
             cutoff = now - timedelta(seconds=stale_seconds)
-            deleted = await self._delete_in_batches(stmts.delete_stale_heartbeats, cutoff)
+            deleted = await maintenance.delete_in_batches(
+                self._execute, stmts.delete_stale_heartbeats, cutoff, self.config.cleanup_batch_size
+            )
             await self._delete_stale_waiters(now)  # not counted: heartbeats are the clients
             return deleted
 
@@ -437,15 +457,6 @@ class DatabaseBackend(Backend):
                     continue
                 raise translate_error(error, self.config) from None
         raise AssertionError("unreachable")
-
-    async def _delete_in_batches(self, statement: Executable, cutoff: datetime) -> int:
-        total = 0
-        batch_size = self.config.cleanup_batch_size
-        while True:
-            deleted = await self._execute(statement, {"cutoff": cutoff})
-            total += deleted
-            if deleted < batch_size:
-                return total
 
     def _connected_for_maintenance(self) -> _MaybeConnected:
         return _MaybeConnected(self)

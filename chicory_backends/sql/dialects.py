@@ -22,6 +22,7 @@ from sqlalchemy import (
     bindparam,
     case,
     delete,
+    func,
     literal_column,
     or_,
     select,
@@ -62,8 +63,9 @@ class Statements:
     delete_expired_results: Executable
     delete_old_results: Executable
     delete_stale_heartbeats: Executable
-    lock_migrations: str | None
-    unlock_migrations: str | None
+    # Maintenance reads (sql/maintenance.py): what cleanup would delete, results per state.
+    count_reclaimable: Executable
+    result_stats: Executable
     # PostgreSQL only: the waiter registry behind LISTEN/NOTIFY wake-ups (revision 0003)
     # exists there alone; None elsewhere, where waiting polls. Each takes a batch of ids
     # as :task_ids and (but the fence) the registering backend's token as :waiter.
@@ -183,25 +185,6 @@ def statements_for(dialect: Dialect, cleanup_batch_size: int = 5000) -> Statemen
         raise NotImplementedError(f"no statements for SQL dialect {name!r}")
 
     use_delete_limit = name in ("mysql", "mariadb")
-    # Each lock statement answers 1 (or nothing) when it got the lock, 0 when it timed out.
-    locks: dict[str, tuple[str, str]] = {
-        "postgresql": (
-            "SELECT pg_advisory_lock(7241033310417)",
-            "SELECT pg_advisory_unlock(7241033310417)",
-        ),
-        "mysql": (
-            "SELECT GET_LOCK('chicory_backends_migrate', 600)",
-            "SELECT RELEASE_LOCK('chicory_backends_migrate')",
-        ),
-        "mssql": (
-            "DECLARE @granted int; EXEC @granted = sp_getapplock "
-            "@Resource = 'chicory_backends_migrate', @LockMode = 'Exclusive', "
-            "@LockOwner = 'Session', @LockTimeout = 600000; "
-            "SELECT CASE WHEN @granted >= 0 THEN 1 ELSE 0 END",
-            "EXEC sp_releaseapplock @Resource = 'chicory_backends_migrate', @LockOwner = 'Session'",
-        ),
-    }
-    lock, unlock = locks.get("mysql" if name == "mariadb" else name, (None, None))
     return Statements(
         store_result=upsert(task_results, RESULT_INSERT_COLUMNS, RESULT_UPDATE_COLUMNS, True),
         set_state=upsert(task_results, STATE_INSERT_COLUMNS, STATE_UPDATE_COLUMNS, True),
@@ -222,8 +205,23 @@ def statements_for(dialect: Dialect, cleanup_batch_size: int = 5000) -> Statemen
         delete_stale_heartbeats=_batched_delete(
             worker_heartbeats, worker_heartbeats.c.expires_at, cleanup_batch_size, use_delete_limit
         ),
-        lock_migrations=lock,
-        unlock_migrations=unlock,
+        count_reclaimable=select(func.count())
+        .select_from(task_results)
+        .where(
+            or_(
+                task_results.c.expires_at < bindparam("now"),
+                task_results.c.updated_at < bindparam("cutoff"),
+            )
+        ),
+        result_stats=select(
+            task_results.c.state,
+            func.count(),
+            func.sum(case((task_results.c.expires_at < bindparam("now"), 1), else_=0)),
+            func.min(task_results.c.updated_at),
+            func.max(task_results.c.updated_at),
+        )
+        .group_by(task_results.c.state)
+        .order_by(task_results.c.state),
         **(_WAITER_REGISTRY if name == "postgresql" else {}),
     )
 
@@ -243,3 +241,39 @@ _WAITER_REGISTRY: dict[str, Executable] = {
     ),
     "await_writers": text("SELECT chicory_await_result_writers(CAST(:task_ids AS text[]))"),
 }
+
+
+@dataclass(frozen=True)
+class MigrationLock:
+    """How one migrator at a time is ensured: server statements (each answers 1, or
+    nothing, when it got the lock and 0 when it timed out), or, where the server has no
+    such lock (SQLite), a lock file beside the database (sql/migrate.py)."""
+
+    lock: str | None = None
+    unlock: str | None = None
+    lock_file: bool = False
+
+
+_MIGRATION_LOCKS = {
+    "postgresql": MigrationLock(
+        "SELECT pg_advisory_lock(7241033310417)", "SELECT pg_advisory_unlock(7241033310417)"
+    ),
+    "mysql": MigrationLock(
+        "SELECT GET_LOCK('chicory_backends_migrate', 600)",
+        "SELECT RELEASE_LOCK('chicory_backends_migrate')",
+    ),
+    "mssql": MigrationLock(
+        "DECLARE @granted int; EXEC @granted = sp_getapplock "
+        "@Resource = 'chicory_backends_migrate', @LockMode = 'Exclusive', "
+        "@LockOwner = 'Session', @LockTimeout = 600000; "
+        "SELECT CASE WHEN @granted >= 0 THEN 1 ELSE 0 END",
+        "EXEC sp_releaseapplock @Resource = 'chicory_backends_migrate', @LockOwner = 'Session'",
+    ),
+    "sqlite": MigrationLock(lock_file=True),
+}
+
+
+def migration_lock_for(dialect: Dialect) -> MigrationLock:
+    return _MIGRATION_LOCKS.get(
+        "mysql" if dialect.name == "mariadb" else dialect.name, MigrationLock()
+    )

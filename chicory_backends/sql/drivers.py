@@ -54,6 +54,12 @@ class Driver:
         return False
 
     @property
+    def session_pinned(self) -> bool:
+        """Whether a pooled connection is one server session for its whole life (not a
+        transaction pooler's): session-wide locks (migrations) and LISTEN need it."""
+        return True
+
+    @property
     def transaction_per_statement(self) -> bool:
         """Whether each statement needs a transaction of its own around it."""
         return False
@@ -105,8 +111,11 @@ class AsyncpgDriver(Driver):
 
     @property
     def listens(self) -> bool:
-        # LISTEN needs a session of its own, which transaction pooling cannot carry.
-        return not self._pgbouncer
+        return self.session_pinned
+
+    @property
+    def session_pinned(self) -> bool:
+        return not self._pgbouncer  # transaction pooling hands out any server session
 
     @property
     def transaction_per_statement(self) -> bool:

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.util.concurrency import await_, in_greenlet
 
 from chicory_backends.config import SQLBackendConfig
-from chicory_backends.sql.dialects import statements_for
+from chicory_backends.sql.dialects import migration_lock_for
 
 # Our own version table, so our revisions never mix with those of an application that
 # keeps its own Alembic history in the same database.
@@ -118,6 +118,20 @@ def sqlite_file_lock(database: str | None) -> Iterator[None]:
         os.close(descriptor)  # releases the lock
 
 
+async def database_revision(config: SQLBackendConfig) -> str | None:
+    """The revision of the database ``config`` names, on a short-lived engine of its own."""
+    from chicory_backends.sql.engine import create_engine, translate_error
+
+    engine = create_engine(config)
+    try:
+        async with engine.connect() as connection:
+            return await current_revision(connection)
+    except Exception as error:
+        raise translate_error(error, config) from None
+    finally:
+        await engine.dispose()
+
+
 @contextmanager
 def migration_lock(connection: Connection) -> Iterator[None]:
     """Hold the database's migration lock (an advisory/application lock, session-wide;
@@ -126,21 +140,21 @@ def migration_lock(connection: Connection) -> Iterator[None]:
     Two deploys running at once: the first migrates, the second waits on the lock and
     then finds the version table already at head.
     """
-    if connection.dialect.name == "sqlite":
+    lock = migration_lock_for(connection.dialect)
+    if lock.lock_file:
         with sqlite_file_lock(connection.engine.url.database):
             yield
         return
-    stmts = statements_for(connection.dialect)
-    if stmts.lock_migrations:
-        acquired = connection.exec_driver_sql(stmts.lock_migrations).scalar()
+    if lock.lock:
+        acquired = connection.exec_driver_sql(lock.lock).scalar()
         connection.commit()
         if acquired == 0:  # GET_LOCK's answer when it timed out; the others raise or wait
             raise TimeoutError("timed out waiting for another migration to finish")
     try:
         yield
     finally:
-        if stmts.unlock_migrations:
-            connection.exec_driver_sql(stmts.unlock_migrations)
+        if lock.unlock:
+            connection.exec_driver_sql(lock.unlock)
             connection.commit()
 
 
