@@ -10,7 +10,6 @@ statements on the wire, and connections bounded by the pool however bursty the c
 from __future__ import annotations
 
 import asyncio
-import random
 import uuid
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
@@ -19,10 +18,11 @@ from typing import Any
 import pytest
 from sent_sql import sent_statements
 from sqlalchemy import event, text
+from write_model import apply, call_for
 
 from chicory_backends.errors import DatabaseError
 from chicory_backends.sql.backend import WRITE_SENDS, DatabaseBackend
-from chicory_backends.types import TERMINAL_STATES, TaskResult, TaskState, WorkerStats
+from chicory_backends.types import TaskResult, TaskState, WorkerStats
 
 Call = Callable[[], Coroutine[Any, Any, Any]]
 
@@ -44,24 +44,6 @@ async def fillers(backend: DatabaseBackend) -> list[Coroutine[Any, Any, None]]:
 
 
 # -- call order --------------------------------------------------------------------------
-
-
-def apply(row: dict[str, Any] | None, write: tuple[str, TaskState, Any]) -> dict[str, Any] | None:
-    """The contract, one write at a time: the model the batches must agree with."""
-    kind, state, value = write
-    if row is not None and row["state"] in TERMINAL_STATES and state not in TERMINAL_STATES:
-        return row
-    if kind == "set_state":
-        kept = row or {"result": None, "error": None}
-        return {"state": state, "result": kept["result"], "error": kept["error"]}
-    return {"state": state, "result": value, "error": f"e{value}"}
-
-
-def call_for(backend: DatabaseBackend, task_id: str, write: tuple[str, TaskState, Any]) -> Any:
-    kind, state, value = write
-    if kind == "set_state":
-        return backend.set_state(task_id, state)
-    return backend.store_result(task_id, result(task_id, state, value, f"e{value}"))
 
 
 @pytest.mark.parametrize(
@@ -100,30 +82,6 @@ async def test_two_writes_of_one_id_apply_in_call_order(
     assert (got.state, got.result, got.error) == (
         expected["state"], expected["result"], expected["error"]
     )  # fmt: skip
-
-
-async def test_random_bursts_equal_one_call_at_a_time(sql_backend: DatabaseBackend) -> None:
-    """400 writes over 12 ids, random kinds and states, gathered in bursts of 50."""
-    rng = random.Random(20261201)
-    ids = [new_id("r") for _ in range(12)]
-    model: dict[str, dict[str, Any] | None] = dict.fromkeys(ids)
-    states = list(TaskState)
-    for _burst in range(8):
-        calls = []
-        for n in range(50):
-            task_id = rng.choice(ids)
-            write = (rng.choice(["set_state", "store_result"]), rng.choice(states), n)
-            model[task_id] = apply(model[task_id], write)
-            calls.append(call_for(sql_backend, task_id, write))
-        await asyncio.gather(*calls)
-    found = await sql_backend.get_results(ids)
-    for task_id in ids:
-        expected = model[task_id]
-        assert expected is not None
-        got = found[task_id]
-        assert (got.state, got.result, got.error) == (
-            expected["state"], expected["result"], expected["error"]
-        ), task_id  # fmt: skip
 
 
 # -- what the server sees ------------------------------------------------------------------
@@ -310,3 +268,26 @@ async def test_bursts_never_open_more_connections_than_the_pool_holds(
             await burst(fresh, 64)
         await fresh.disconnect()
         assert opened_fresh[0] <= 3, opened_fresh
+
+
+async def test_set_state_and_store_result_share_a_batch(sql_backend: DatabaseBackend) -> None:
+    """A worker interleaves set_state(STARTED) of one task with store_result of another:
+    one statement for both kinds on PostgreSQL, one per kind elsewhere (SQLite: in one
+    transaction)."""
+    blockers = await fillers(sql_backend)
+    started = [new_id("s") for _ in range(10)]
+    finished = [new_id("f") for _ in range(10)]
+    calls = []
+    for s_id, f_id in zip(started, finished, strict=True):
+        calls.append(sql_backend.set_state(s_id, TaskState.STARTED))
+        calls.append(sql_backend.store_result(f_id, result(f_id, TaskState.SUCCESS, f_id)))
+    async with sent_statements(sql_backend) as sent:
+        await asyncio.gather(*blockers, *calls)
+    writes = [sql for sql in sent if "chicory_task_results" in sql]
+    dialect = sql_backend.config.sqlalchemy_url().get_backend_name()
+    assert len(writes) == WRITE_SENDS + (1 if dialect == "postgresql" else 2), writes
+    if dialect == "sqlite":
+        assert sent.count("COMMIT") == 1, sent
+    found = await sql_backend.get_results([*started, *finished])
+    assert {i: found[i].state for i in started} == dict.fromkeys(started, TaskState.STARTED)
+    assert {i: found[i].result for i in finished} == {i: i for i in finished}

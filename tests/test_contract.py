@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from conftest import MakeBackend
+from write_model import apply, call_for
 
 from chicory_backends import (
     Backend,
@@ -282,3 +284,29 @@ async def test_a_heartbeat_lives_at_least_a_second(backend: Backend, ttl: int) -
     with pytest.raises(ValueError, match="at least 1 second"):
         await backend.store_heartbeat("w-ttl", stats("w-ttl"), ttl=ttl)
     assert await backend.get_heartbeat("w-ttl") is None
+
+
+async def test_random_bursts_equal_one_call_at_a_time(backend: Backend) -> None:
+    """400 writes over 12 ids, random kinds and states, gathered in bursts of 50: what
+    the backend sends together (coalesced batches, pipelines) ends as if sent one by one,
+    in call order, terminal guard included."""
+    rng = random.Random(20261201)
+    ids = [new_id() for _ in range(12)]
+    model: dict[str, dict[str, Any] | None] = dict.fromkeys(ids)
+    states = list(TaskState)
+    for _burst in range(8):
+        calls = []
+        for n in range(50):
+            task_id = rng.choice(ids)
+            write = (rng.choice(["set_state", "store_result"]), rng.choice(states), n)
+            model[task_id] = apply(model[task_id], write)
+            calls.append(call_for(backend, task_id, write))
+        await asyncio.gather(*calls)
+    found = await backend.get_results(ids)
+    for task_id in ids:
+        expected = model[task_id]
+        assert expected is not None
+        got = found[task_id]
+        assert (got.state, got.result, got.error) == (
+            expected["state"], expected["result"], expected["error"]
+        ), task_id  # fmt: skip

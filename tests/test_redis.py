@@ -476,3 +476,19 @@ async def test_a_command_the_server_refuses_is_a_database_error(rb: RedisBackend
     await rb._client.lpush(rb._result_key("wrong-type"), b"x")  # not a string: WRONGTYPE
     with pytest.raises(DatabaseError, match="refused the command"):
         await rb.get_result("wrong-type")
+
+
+async def test_a_refused_script_in_a_pipeline_fails_only_its_own_call(rb: RedisBackend) -> None:
+    """Writes that arrive together go as one pipeline of scripts; one the server refuses
+    (its key holds a list: WRONGTYPE) fails its own call, the others are stored."""
+    assert rb._client is not None
+    await rb._client.lpush(rb._result_key("refused"), b"x")
+    ids = [f"ok-{n}" for n in range(10)]
+    blocker = rb.set_state("blocker", S.STARTED)  # takes the one send slot
+    calls = [rb.store_result(i, result(i, S.SUCCESS, i)) for i in ids]
+    calls.insert(5, rb.store_result("refused", result("refused", S.SUCCESS)))
+    outcomes = await asyncio.gather(blocker, *calls, return_exceptions=True)
+    failed = [o for o in outcomes if isinstance(o, BaseException)]
+    assert len(failed) == 1 and isinstance(failed[0], DatabaseError), outcomes
+    assert outcomes[6] is failed[0]
+    assert sorted(await rb.get_results(ids)) == sorted(ids)

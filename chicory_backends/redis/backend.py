@@ -102,8 +102,9 @@ end
 return 1
 """
 
-# As on SQL (sql/backend.py): batches of each kind at the server at once, and their size.
-WRITE_SENDS = 2
+# As on SQL (sql/backend.py): one batch of writes at the server at once (group commit);
+# reads two; and the batches' size.
+WRITE_SENDS = 1
 READ_SENDS = 2
 MAX_BATCH_WRITES = 500  # scripts per pipeline
 MAX_BATCH_BYTES = 1 << 20

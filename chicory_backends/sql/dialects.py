@@ -66,6 +66,10 @@ class Statements:
     # Maintenance reads (sql/maintenance.py): what cleanup would delete, results per state.
     count_reclaimable: Executable
     result_stats: Executable
+    # PostgreSQL: a coalesced batch of set_state and store_result rows (distinct task
+    # ids) as ONE statement of fixed shape, columns as arrays (``batch_arrays``). None
+    # elsewhere, where a batch is one multi-row statement per kind.
+    store_batch: Executable | None
     # PostgreSQL only: the waiter registry behind LISTEN/NOTIFY wake-ups (revision 0003)
     # exists there alone; None elsewhere, where waiting polls. Each takes a batch of ids
     # as :task_ids and (but the fence) the registering backend's token as :waiter.
@@ -213,6 +217,7 @@ def statements_for(dialect: Dialect, cleanup_batch_size: int = 5000) -> Statemen
                 task_results.c.updated_at < bindparam("cutoff"),
             )
         ),
+        store_batch=_postgres_store_batch() if name == "postgresql" else None,
         result_stats=select(
             task_results.c.state,
             func.count(),
@@ -277,3 +282,46 @@ def migration_lock_for(dialect: Dialect) -> MigrationLock:
     return _MIGRATION_LOCKS.get(
         "mysql" if dialect.name == "mariadb" else dialect.name, MigrationLock()
     )
+
+
+# -- PostgreSQL: both kinds of write in one statement ----------------------------------
+
+_ARRAY_TYPES = {
+    "task_id": "text[]", "state": "text[]", "result": "jsonb[]", "error": "text[]",
+    "traceback": "text[]", "created_at": "timestamptz[]", "updated_at": "timestamptz[]",
+    "expires_at": "timestamptz[]",
+}  # fmt: skip
+BATCH_KINDS = {"s": STATE_INSERT_COLUMNS, "r": RESULT_INSERT_COLUMNS}  # set_state, store_result
+
+
+def _unnest_upsert(kind: str, insert_cols: Sequence[str], update_cols: Sequence[str]) -> str:
+    table = task_results.name
+    arrays = ", ".join(f"CAST(:{kind}_{col} AS {_ARRAY_TYPES[col]})" for col in insert_cols)
+    terminal = ", ".join(f"'{state}'" for state in TERMINAL)
+    return (
+        f"INSERT INTO {table} AS t ({', '.join(insert_cols)}) "  # noqa: S608 - our schema
+        f"SELECT * FROM unnest({arrays}) "
+        "ON CONFLICT (task_id) DO UPDATE SET "
+        + ", ".join(f"{col} = excluded.{col}" for col in update_cols)
+        + f" WHERE excluded.state IN ({terminal}) OR t.state NOT IN ({terminal})"
+    )
+
+
+def _postgres_store_batch() -> Executable:
+    """The set_state rows in a data-modifying CTE, the store_result rows in the main
+    INSERT: one statement, one commit, one prepared statement for any batch size. Both
+    carry the terminal guard of the single-row upserts; a batch never holds one task id
+    twice, so no row is touched twice."""
+    return text(
+        f"WITH set_state AS ({_unnest_upsert('s', STATE_INSERT_COLUMNS, STATE_UPDATE_COLUMNS)}"
+        " RETURNING 1) " + _unnest_upsert("r", RESULT_INSERT_COLUMNS, RESULT_UPDATE_COLUMNS)
+    )
+
+
+def batch_arrays(rows: dict[str, list[dict[str, Any]]]) -> dict[str, list[Any]]:
+    """``store_batch``'s parameters: per kind ("s", "r") and column, the rows' values."""
+    return {
+        f"{kind}_{col}": [row[col] for row in rows.get(kind, ())]
+        for kind, columns in BATCH_KINDS.items()
+        for col in columns
+    }

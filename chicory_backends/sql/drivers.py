@@ -23,6 +23,8 @@ from chicory_backends.config import PostgresBackendConfig, SQLBackendConfig, SQL
 from chicory_backends.errors import ConfigurationError
 from chicory_backends.sql.compiled import DriverStatement
 
+Parts = list[tuple[DriverStatement, list[tuple[Any, ...]]]]
+
 
 @dataclass
 class EngineArguments:
@@ -84,10 +86,9 @@ class Driver:
     ) -> int | list[Any]:
         raise NotImplementedError(f"{type(self).__name__} has no fast path")
 
-    async def run_many(
-        self, connection: Any, statement: DriverStatement, rows: list[tuple[Any, ...]]
-    ) -> None:
-        """``statement`` once per row, as one round trip and one commit where it can."""
+    async def run_many(self, connection: Any, parts: Parts) -> None:
+        """Each statement once per row of its part: a multi-row statement (one round
+        trip) per part, and one commit for them all where the driver can."""
         raise NotImplementedError(f"{type(self).__name__} has no fast path")
 
 
@@ -151,11 +152,11 @@ class AsyncpgDriver(Driver):
             return [tuple(record) for record in await connection.fetch(statement.sql, *args)]
         return _status_rowcount(await connection.execute(statement.sql, *args))
 
-    async def run_many(
-        self, connection: Any, statement: DriverStatement, rows: list[tuple[Any, ...]]
-    ) -> None:
-        # Pipelined (one round trip) and atomic (one commit) since asyncpg 0.22.
-        await connection.executemany(statement.sql, rows)
+    async def run_many(self, connection: Any, parts: Parts) -> None:
+        # Each part pipelined (one round trip) and atomic (one commit) since asyncpg 0.22;
+        # a batch of both kinds of write is one statement anyway (dialects.store_batch).
+        for statement, rows in parts:
+            await connection.executemany(statement.sql, rows)
 
 
 def _status_rowcount(status: str) -> int:
@@ -222,13 +223,12 @@ class AiomysqlDriver(Driver):
             await cursor.execute(statement.sql, args)
             return list(await cursor.fetchall()) if fetch else int(cursor.rowcount)
 
-    async def run_many(
-        self, connection: Any, statement: DriverStatement, rows: list[tuple[Any, ...]]
-    ) -> None:
+    async def run_many(self, connection: Any, parts: Parts) -> None:
         # aiomysql rewrites ``INSERT .. VALUES (..) ON DUPLICATE KEY UPDATE`` into one
-        # multi-row statement: one round trip, one commit.
+        # multi-row statement: one round trip and one commit per part.
         async with connection.cursor() as cursor:
-            await cursor.executemany(statement.sql, rows)
+            for statement, rows in parts:
+                await cursor.executemany(statement.sql, rows)
 
 
 def _mysql_tls(url: URL) -> tuple[URL, ssl.SSLContext | None]:
@@ -298,13 +298,12 @@ class AiosqliteDriver(Driver):
         finally:
             await cursor.close()
 
-    async def run_many(
-        self, connection: Any, statement: DriverStatement, rows: list[tuple[Any, ...]]
-    ) -> None:
+    async def run_many(self, connection: Any, parts: Parts) -> None:
         # In one transaction: the batch costs one commit, not one a row.
         await (await connection.execute("BEGIN IMMEDIATE")).close()
         try:
-            await connection.executemany(statement.sql, rows)
+            for statement, rows in parts:
+                await connection.executemany(statement.sql, rows)
         except BaseException:
             await connection.rollback()
             raise
