@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -144,18 +146,23 @@ def _e2e_settings(args: argparse.Namespace) -> Any:
     )
 
 
-def _e2e(argv: list[str]) -> int:
-    from bench import e2e
-
-    parser = argparse.ArgumentParser(prog="python -m bench e2e", description=e2e.__doc__)
+def _part(
+    argv: list[str],
+    name: str,
+    add_options: Callable[[argparse.ArgumentParser], None],
+    settings: Callable[[argparse.Namespace], Any],
+) -> int:
+    """``python -m bench e2e`` / ``bursts``: one part of the bench on its own."""
+    module = importlib.import_module(f"bench.{name}")
+    parser = argparse.ArgumentParser(prog=f"python -m bench {name}", description=module.__doc__)
     parser.add_argument("--only", help=f"backends, comma-separated: {','.join(KINDS)}")
-    _e2e_parser(parser)
+    add_options(parser)
     parser.add_argument("--keep", action="store_true", help="keep databases, keys, logs")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="where e2e.md/json go")
+    parser.add_argument("--out", type=Path, default=RESULTS, help=f"where {name}.md/json go")
     args = parser.parse_args(argv)
-    result = asyncio.run(e2e.run(_e2e_settings(args)))
-    print(e2e.write(result, args.out))
-    print(f"written: {args.out / 'e2e.md'}, {args.out / 'e2e.json'}", file=sys.stderr)
+    result = asyncio.run(module.run(settings(args)))
+    print(module.write(result, args.out))
+    print(f"written: {args.out / f'{name}.md'}, {args.out / f'{name}.json'}", file=sys.stderr)
     return 0
 
 
@@ -177,26 +184,11 @@ def _bursts_settings(args: argparse.Namespace) -> Any:
     )
 
 
-def _bursts(argv: list[str]) -> int:
-    from bench import bursts
-
-    parser = argparse.ArgumentParser(prog="python -m bench bursts", description=bursts.__doc__)
-    parser.add_argument("--only", help=f"backends, comma-separated: {','.join(KINDS)}")
-    _bursts_parser(parser)
-    parser.add_argument("--keep", action="store_true", help="keep the bench databases")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="where bursts.md/json go")
-    args = parser.parse_args(argv)
-    result = asyncio.run(bursts.run(_bursts_settings(args)))
-    print(bursts.write(result, args.out))
-    print(f"written: {args.out / 'bursts.md'}, {args.out / 'bursts.json'}", file=sys.stderr)
-    return 0
-
-
 def main(argv: list[str]) -> int:
     if argv[:1] == ["e2e"]:
-        return _e2e(argv[1:])
+        return _part(argv[1:], "e2e", _e2e_parser, _e2e_settings)
     if argv[:1] == ["bursts"]:
-        return _bursts(argv[1:])
+        return _part(argv[1:], "bursts", _bursts_parser, _bursts_settings)
     if argv[:1] == ["cleanup"]:
         return _cleanup(argv[1:])
     if argv[:1] == ["whatif"]:

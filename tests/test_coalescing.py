@@ -20,8 +20,9 @@ from sent_sql import sent_statements
 from sqlalchemy import event, text
 from write_model import apply, call_for
 
+from chicory_backends.coalesce import WRITE_SENDS
 from chicory_backends.errors import DatabaseError
-from chicory_backends.sql.backend import WRITE_SENDS, DatabaseBackend
+from chicory_backends.sql.backend import DatabaseBackend
 from chicory_backends.types import TaskResult, TaskState, WorkerStats
 
 Call = Callable[[], Coroutine[Any, Any, Any]]

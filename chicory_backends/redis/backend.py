@@ -29,6 +29,7 @@ from typing import Any
 from redis.asyncio import RedisCluster
 from redis.commands.core import AsyncScript
 
+from chicory_backends import coalesce
 from chicory_backends.base import Backend, check_heartbeat_ttl
 from chicory_backends.coalesce import Coalescer
 from chicory_backends.codec import (
@@ -102,14 +103,6 @@ end
 return 1
 """
 
-# As on SQL (sql/backend.py): one batch of writes at the server at once (group commit);
-# reads two; and the batches' size.
-WRITE_SENDS = 1
-READ_SENDS = 2
-MAX_BATCH_WRITES = 500  # scripts per pipeline
-MAX_BATCH_BYTES = 1 << 20
-MAX_BATCH_READS = 100  # ids per MGET
-
 
 class RedisBackend(Backend):
     """Results and heartbeats on a single Redis node, a Sentinel-managed master or a Cluster.
@@ -146,23 +139,13 @@ class RedisBackend(Backend):
         self._listen_attempts = 0
         self._pubsub_refused: str | None = None
         self._publish_refused = False  # warned once that stores cannot announce results
-        self._write_calls: Coalescer[tuple[str, list[Any]], None] = Coalescer(
-            self._store_one,
-            self._store_batch,
-            exclusive=True,
-            max_in_flight=WRITE_SENDS,
-            max_calls=MAX_BATCH_WRITES,
-            max_bytes=MAX_BATCH_BYTES,
+        self._write_calls: Coalescer[tuple[str, list[Any]], None] = coalesce.writes(
+            self._store_one, self._store_batch
         )
         # Looked up at each call, so a wrapped get_results (a test's, a tracer's) sees them.
         self._woken_read = woken_reads(lambda task_ids: self.get_results(task_ids))
-        self._read_calls: Coalescer[str, TaskResult | None] = Coalescer(
-            self._read_one,
-            self._read_batch,
-            exclusive=False,
-            max_in_flight=READ_SENDS,
-            max_calls=MAX_BATCH_READS,
-            isolate=lambda error: isinstance(error, CorruptResultError),
+        self._read_calls: Coalescer[str, TaskResult | None] = coalesce.reads(
+            self._read_one, self._read_batch, lambda error: isinstance(error, CorruptResultError)
         )
 
     def __repr__(self) -> str:

@@ -13,6 +13,7 @@ from sqlalchemy import CursorResult, Engine, Executable, text
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from chicory_backends import coalesce
 from chicory_backends.base import Backend, check_heartbeat_ttl
 from chicory_backends.coalesce import Coalescer
 from chicory_backends.codec import (
@@ -43,16 +44,6 @@ from chicory_backends.sql.notify import WaiterRegistry, connect_listener
 from chicory_backends.sql.schema import SCHEMA_REVISION
 from chicory_backends.types import BackendStatus, TaskResult, TaskState, WorkerStats
 from chicory_backends.waiting import RECHECK_INTERVAL, Listener, wait_for, woken_reads
-
-# How many batches of writes may be at the server at once. One: a call that finds a batch
-# in flight waits for it and goes with everything that arrived meanwhile (group commit).
-# Measured with the real worker (bench e2e): 1 beats 2 and 4, whose smaller batches cost
-# the worker more round trips and the server more commits.
-WRITE_SENDS = 1
-READ_SENDS = 2
-MAX_BATCH_CALLS = 500  # well under every driver's parameter limit for one statement
-MAX_BATCH_BYTES = 1 << 20  # results, errors and tracebacks of one write batch
-
 
 T = TypeVar("T")
 
@@ -85,24 +76,13 @@ class DatabaseBackend(Backend):
         self._in_transaction = self._driver.transaction_per_statement
         self._driver_statements: dict[int, DriverStatement] = {}
         self._connecting = asyncio.Lock()
-        self._write_calls: Coalescer[Write, None] = Coalescer(
-            self._write_one,
-            self._write_batch,
-            exclusive=True,
-            max_in_flight=WRITE_SENDS,
-            max_calls=MAX_BATCH_CALLS,
-            max_bytes=MAX_BATCH_BYTES,
-            isolate=_row_may_be_at_fault,
+        self._write_calls: Coalescer[Write, None] = coalesce.writes(
+            self._write_one, self._write_batch, _row_may_be_at_fault
         )
         # Looked up at each call, so a wrapped get_results (a test's, a tracer's) sees them.
         self._woken_read = woken_reads(lambda task_ids: self.get_results(task_ids))
-        self._read_calls: Coalescer[str, TaskResult | None] = Coalescer(
-            self._read_one,
-            self._read_batch,
-            exclusive=False,
-            max_in_flight=READ_SENDS,
-            max_calls=MAX_BATCH_CALLS,
-            isolate=_row_may_be_at_fault,
+        self._read_calls: Coalescer[str, TaskResult | None] = coalesce.reads(
+            self._read_one, self._read_batch, _row_may_be_at_fault
         )
 
     def __repr__(self) -> str:
