@@ -411,3 +411,19 @@ async def test_stale_client_cleanup_deletes_old_waiter_rows(
     assert await _waiter_rows(pg_admin, stale) == 0
     assert await _waiter_rows(pg_admin, fresh) == 1
     await pg_admin.execute("DELETE FROM chicory_result_waiters WHERE task_id = $1", fresh)
+
+
+async def test_a_waiter_whose_row_was_cleaned_up_is_found_by_its_recheck(
+    pg: DatabaseBackend, pg_writer: Backend, pg_admin: Any
+) -> None:
+    """A wait longer than STALE_WAITER_AGE loses its registration row to
+    cleanup_stale_clients; no NOTIFY comes for it then, and the periodic re-read (shared
+    with Redis, waiting.wait_for) still finds the result instead of waiting forever."""
+    pg.recheck_interval = 0.3
+    task_id = new_id()
+    waiting = asyncio.create_task(pg.wait_for_result(task_id, timeout=30))
+    await _until_rows(pg_admin, task_id, 1)
+    await pg_admin.execute("DELETE FROM chicory_result_waiters WHERE task_id = $1", task_id)
+    await pg_writer.store_result(task_id, success(task_id, "never announced"))
+    found = await asyncio.wait_for(waiting, 0.3 * 1.1 + 1.0)
+    assert found is not None and found.result == "never announced"

@@ -282,8 +282,8 @@ class RedisBackend(Backend):
         return await self._read_calls.submit(None, task_id, task_id)
 
     async def _read_one(self, _group: Hashable, task_id: str) -> TaskResult | None:
-        async with self._io() as client:
-            raw = await client.get(self._result_key(task_id))
+        async with self._io() as client:  # the id was checked by get_result
+            raw = await client.get(self._result_prefix + task_id)
         return None if raw is None else decode_document(task_id, raw)
 
     async def _read_batch(self, _group: Hashable, task_ids: list[str]) -> list[TaskResult | None]:
