@@ -44,7 +44,7 @@ async def test_the_literal_guard_variant_runs_its_own_statements_on_the_fast_pat
     def slow_path(*_args: Any) -> Any:
         raise AssertionError("a hot statement went through SQLAlchemy's Connection")
 
-    monkeypatch.setattr(sql_backend, "_on_pool", slow_path)
+    monkeypatch.setattr(sql_backend, "on_pool", slow_path)
     await literal.set_started("whatif-1")
     await literal.store("whatif-1", 7)
     assert await literal.get("whatif-1") == {"value": 7}

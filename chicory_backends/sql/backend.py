@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, TypeVar
 
-from sqlalchemy import CursorResult, Engine, Executable, text
+from sqlalchemy import Engine, Executable, text
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -37,7 +37,8 @@ from chicory_backends.sql.compiled import DriverStatement, compile_for_driver
 from chicory_backends.sql.dialects import Statements, batch_arrays, statements_for
 from chicory_backends.sql.drivers import Driver, driver_for
 from chicory_backends.sql.engine import create_engine, translate_error
-from chicory_backends.sql.internals import adapted_error, greenlet_spawn
+from chicory_backends.sql.execution import HeldConnection, batch_on_pool, on_driver, on_pool
+from chicory_backends.sql.internals import greenlet_spawn
 from chicory_backends.sql.maintenance import Progress
 from chicory_backends.sql.migrate import current_revision, upgrade_in_process
 from chicory_backends.sql.notify import WaiterRegistry, connect_listener
@@ -75,6 +76,7 @@ class DatabaseBackend(Backend):
         self._driver: Driver = driver_for(config)
         self._in_transaction = self._driver.transaction_per_statement
         self._driver_statements: dict[int, DriverStatement] = {}
+        self._held: HeldConnection | None = None  # the writes' connection (execution.py)
         self._connecting = asyncio.Lock()
         self._write_calls: Coalescer[Write, None] = coalesce.writes(
             self._write_one, self._write_batch, _row_may_be_at_fault
@@ -111,11 +113,16 @@ class DatabaseBackend(Backend):
             raise SchemaNotReadyError(found, SCHEMA_REVISION)
         self._statements = statements_for(engine.dialect, self.config.cleanup_batch_size)
         self._driver_statements = self._compile_for_driver(engine, self._statements)
+        if self._driver_statements and not self._driver.single_connection:
+            self._held = HeldConnection(engine)
         self._engine = engine
 
     async def disconnect(self) -> None:
         await self._write_calls.drain()  # what was acknowledged-to-be is written first
         await self._read_calls.drain()
+        held, self._held = self._held, None
+        if held is not None:
+            await held.release()
         listener, self._listener = self._listener, None
         if listener is not None:
             await listener.close()
@@ -163,7 +170,7 @@ class DatabaseBackend(Backend):
 
     async def _write_one(self, _group: Hashable, write: Write) -> None:
         _kind, statement, params = write
-        await self._execute(statement, params)
+        await self._run(statement, params, fetch=False, held=True)
 
     async def _write_batch(self, _group: Hashable, writes: list[Write]) -> list[None]:
         """Writes of distinct task ids, both kinds: one statement where the dialect has
@@ -176,7 +183,7 @@ class DatabaseBackend(Backend):
             by_kind.setdefault(kind, []).append(params)
             statements[kind] = statement
         if stmts.store_batch is not None and id(stmts.store_batch) in self._driver_statements:
-            await self._execute(stmts.store_batch, batch_arrays(by_kind))
+            await self._run(stmts.store_batch, batch_arrays(by_kind), fetch=False, held=True)
         else:
             await self._run_batch([(statements[kind], rows) for kind, rows in by_kind.items()])
         return [None] * len(writes)
@@ -398,54 +405,69 @@ class DatabaseBackend(Backend):
         return result
 
     async def _run(
-        self, statement: Executable, params: Mapping[str, Any], *, fetch: bool
+        self, statement: Executable, params: Mapping[str, Any], *, fetch: bool, held: bool = False
     ) -> int | list[Any]:
-        """One statement on a pooled connection.
+        """One statement on a pooled connection (``held``: on the writes' held one).
 
         The hot statements, compiled at connect, skip SQLAlchemy's Connection and run on
-        the pooled driver connection (``_on_driver``); the others go through it.
+        the driver connection; the others go through it (execution.py).
         """
         fast = self._driver_statements.get(id(statement))
-        if fast is not None:
-            args = fast.arguments(params)
-            driver = self._driver
+        if fast is None:
+            job = partial(on_pool, statement, params, fetch, self._in_transaction)
+            return await self._attempt(self._in_greenlet(job))
+        args = fast.arguments(params)
+        driver = self._driver
 
-            def run(raw: Any) -> Awaitable[int | list[Any]]:
-                return driver.run(raw, fast, args, fetch)
+        def run(raw: Any) -> Awaitable[int | list[Any]]:
+            return driver.run(raw, fast, args, fetch)
 
-            return await self._attempt(partial(_on_driver, run, fast.sql))
-        return await self._attempt(
-            partial(_on_pool, statement, params, fetch, self._in_transaction)
-        )
+        return await self._attempt(self._on_driver(run, fast.sql, held))
 
     async def _run_batch(self, parts: list[tuple[Executable, list[dict[str, Any]]]]) -> None:
         """Each statement once per row: a multi-row statement per part, in one
         transaction where the driver can (see drivers.py)."""
         compiled = [(self._driver_statements.get(id(statement)), rows) for statement, rows in parts]
         fast = [(stmt, [stmt.arguments(row) for row in rows]) for stmt, rows in compiled if stmt]
-        if len(fast) == len(parts):
-            driver = self._driver
-            sql = "; ".join(stmt.sql for stmt, _rows in fast)
-            await self._attempt(partial(_on_driver, lambda raw: driver.run_many(raw, fast), sql))
-        else:
-            await self._attempt(partial(_batch_on_pool, parts))
+        if len(fast) < len(parts):
+            await self._attempt(self._in_greenlet(partial(batch_on_pool, parts)))
+            return
+        driver = self._driver
 
-    async def _attempt(self, job: Callable[[Engine, Callable[[], None]], T]) -> T:
-        """``job(engine, start_clock)`` in one greenlet on the sync engine, our errors out.
+        def run(raw: Any) -> Awaitable[None]:
+            return driver.run_many(raw, fast)
 
-        One greenlet for the whole checkout-execute-return: the AsyncConnection wrappers
-        would cost a greenlet switch each for connect, execute, fetch and close, which is
-        most of the time of a local query.
+        await self._attempt(self._on_driver(run, "; ".join(stmt.sql for stmt, _ in fast), True))
+
+    def _in_greenlet(
+        self, job: Callable[[Engine, Callable[[], None]], T]
+    ) -> Callable[[Callable[[], None]], Awaitable[T]]:
+        """``job(engine, start_clock)`` in one greenlet on the sync engine: the whole
+        checkout-execute-return of one call, where the AsyncConnection wrappers would cost
+        a greenlet switch each for connect, execute, fetch and close."""
+        engine = self._engine
+        if engine is None:
+            raise NotConnectedError(type(self).__name__)
+        sync_engine = engine.sync_engine
+        return lambda start_clock: greenlet_spawn(job, sync_engine, start_clock)
+
+    def _on_driver(
+        self, work: Callable[[Any], Awaitable[T]], sql: str, held: bool
+    ) -> Callable[[Callable[[], None]], Awaitable[T]]:
+        connection = self._held if held else None
+        if connection is not None:
+            return lambda start_clock: connection.run(work, sql, start_clock)
+        return self._in_greenlet(partial(on_driver, work, sql))
+
+    async def _attempt(self, call: Callable[[Callable[[], None]], Awaitable[T]]) -> T:
+        """``call(start_clock)``, with our errors, one retry and ``command_timeout``.
 
         A connection the server dropped (restart, failover, idle timeout) is found on use
         rather than by a pre-ping on every checkout; every statement here is idempotent, so
         it is retried once on a fresh connection. A server that stops answering (a hung
         host, a partition) is given ``command_timeout`` from the moment a connection is
-        checked out; the connection is then discarded.
+        in hand (``start_clock``); the connection is then discarded.
         """
-        engine = self._engine
-        if engine is None:
-            raise NotConnectedError(type(self).__name__)
         loop = asyncio.get_running_loop()
         command_timeout = self.config.command_timeout
         for attempt in (1, 2):
@@ -455,7 +477,7 @@ class DatabaseBackend(Backend):
                     def start_clock() -> None:
                         deadline.reschedule(loop.time() + command_timeout)
 
-                    return await greenlet_spawn(job, engine.sync_engine, start_clock)
+                    return await call(start_clock)
             except TimeoutError:
                 raise BackendUnreachableError(
                     self.config.address(), f"no answer within command_timeout={command_timeout:g}s"
@@ -488,83 +510,7 @@ class _MaybeConnected:
             await self._backend.disconnect()
 
 
-def _on_pool(
-    statement: Executable,
-    params: Mapping[str, Any],
-    fetch: bool,
-    in_transaction: bool,
-    engine: Engine,
-    on_checkout: Callable[[], None],
-) -> int | list[Any]:
-    with engine.begin() if in_transaction else engine.connect() as connection:
-        on_checkout()
-        result: CursorResult[Any] = connection.execute(statement, params)
-        return list(result.all()) if fetch else result.rowcount
-
-
-def _batch_on_pool(
-    parts: list[tuple[Executable, list[dict[str, Any]]]],
-    engine: Engine,
-    on_checkout: Callable[[], None],
-) -> None:
-    with engine.begin() as connection:  # the driver's executemany, per statement
-        on_checkout()
-        for statement, rows in parts:
-            connection.execute(statement, rows)
-
-
 STALE_WAITER_AGE = timedelta(days=1)
-
-
-def _on_driver(
-    work: Callable[[Any], Awaitable[T]],
-    sql: str,
-    engine: Engine,
-    on_checkout: Callable[[], None],
-) -> T:
-    """``work(driver_connection)`` on a pooled connection, skipping SQLAlchemy's Connection.
-
-    Driver errors come out as SQLAlchemy's DBAPIError, as from ``_on_pool``, with
-    ``connection_invalidated`` set (and the connection discarded) when the server dropped
-    it; a call cancelled mid-statement (``command_timeout``) discards the connection too.
-    """
-    dialect = engine.dialect
-    try:
-        pooled = engine.raw_connection()
-    except dialect.loaded_dbapi.Error as error:
-        raise DBAPIError.instance(
-            None, None, error, dialect.loaded_dbapi.Error, hide_parameters=True,
-            connection_invalidated=dialect.is_disconnect(error, None, None), dialect=dialect,
-        ) from error  # fmt: skip
-    try:
-        on_checkout()
-        try:
-            adapted = pooled.dbapi_connection
-            assert adapted is not None
-            outcome: T = adapted.run_async(work)
-            return outcome
-        except Exception as error:
-            orig = adapted_error(pooled.dbapi_connection, error)
-            if isinstance(orig, dialect.loaded_dbapi.Error):
-                dropped = dialect.is_disconnect(orig, pooled.dbapi_connection, None)
-                wrapped = DBAPIError.instance(
-                    sql, None, orig, dialect.loaded_dbapi.Error,
-                    hide_parameters=True, connection_invalidated=dropped, dialect=dialect,
-                )  # fmt: skip
-            else:
-                dropped = isinstance(orig, OSError)
-                wrapped = DBAPIError(
-                    sql, None, orig, hide_parameters=True,
-                    connection_invalidated=dropped,
-                )  # fmt: skip
-            if dropped:
-                pooled.invalidate(orig)
-            raise wrapped from error
-        except BaseException:  # cancelled mid-statement: the connection's state is unknown
-            pooled.invalidate()
-            raise
-    finally:
-        pooled.close()
 
 
 def _utcnow() -> datetime:

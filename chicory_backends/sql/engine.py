@@ -79,9 +79,12 @@ def pool_options(config: SQLBackendConfig) -> dict[str, Any]:
     of 10 serves any ``--concurrency``; size it per process (``--workers`` processes each
     have their own pool, plus one listening connection on PostgreSQL).
     """
+    # LIFO: the connection used last goes out first, so a quiet process works on one warm
+    # connection (its prepared statements and type codecs in place) and the others idle.
     return {
         "pool_size": config.pool_size + config.max_overflow,
         "max_overflow": 0,
+        "pool_use_lifo": True,
         "pool_timeout": config.pool_timeout,
         "pool_recycle": config.pool_recycle,
     }
