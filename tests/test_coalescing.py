@@ -292,3 +292,28 @@ async def test_set_state_and_store_result_share_a_batch(sql_backend: DatabaseBac
     found = await sql_backend.get_results([*started, *finished])
     assert {i: found[i].state for i in started} == dict.fromkeys(started, TaskState.STARTED)
     assert {i: found[i].result for i in finished} == {i: i for i in finished}
+
+
+async def test_the_writes_connection_goes_back_to_the_pool_when_idle(
+    sql_backend: DatabaseBackend,
+) -> None:
+    """Writes keep one pooled connection while they keep coming, and return it after
+    ``idle`` seconds without any, so the pool holds it again for everything else."""
+    if sql_backend._held is None:
+        pytest.skip("an in-memory SQLite database has one shared connection")
+    assert sql_backend._engine is not None
+    pool = sql_backend._engine.sync_engine.pool
+    task_id = new_id()
+    await sql_backend.store_result(task_id, result(task_id, TaskState.SUCCESS, 1))
+    assert pool.checkedout() == 1  # type: ignore[attr-defined]
+    await asyncio.sleep(0.3)
+    await sql_backend.set_state(new_id(), TaskState.STARTED)  # still in use: kept
+    await asyncio.sleep(0.3)
+    assert pool.checkedout() == 1  # type: ignore[attr-defined]
+    deadline = asyncio.get_running_loop().time() + 5
+    while pool.checkedout():  # type: ignore[attr-defined]
+        assert asyncio.get_running_loop().time() < deadline, "never returned"
+        await asyncio.sleep(0.05)
+    await sql_backend.store_result(task_id, result(task_id, TaskState.FAILURE, 2))  # again
+    found = await sql_backend.get_result(task_id)
+    assert found is not None and found.result == 2

@@ -308,6 +308,30 @@ async def test_frozen_server_fails_calls_within_a_bound(server: OwnedServer) -> 
     assert isinstance(outcome, BackendUnreachableError), f"{outcome!r} after {elapsed:.1f}s"
 
 
+async def test_frozen_server_fails_writes_within_a_bound(server: OwnedServer) -> None:
+    """The same silence during writes, which SQL sends on the writes' held connection."""
+    timeouts = {"socket_timeout": 1.0} if server.kind == "redis" else {"command_timeout": 2.0}
+    backend = make_backend(server, **timeouts)
+    await backend.connect()
+    done = TaskResult(task_id="w", state=TaskState.SUCCESS, result=1)
+    try:
+        await backend.store_result("warm-up", done)  # the connection, then silence on it
+        pids = await asyncio.to_thread(server.freeze)
+        outcome: BaseException | None = None
+        try:
+            await asyncio.wait_for(backend.store_result("frozen", done), FROZEN_BOUND)
+        except BaseException as error:
+            outcome = error
+        finally:
+            server.thaw(pids)
+        await asyncio.wait_for(backend.store_result("after-thaw", done), CALL_BOUND)
+        found = await backend.get_result("after-thaw")
+        assert found is not None and (found.state, found.result) == (done.state, done.result)
+    finally:
+        await backend.disconnect()
+    assert isinstance(outcome, BackendUnreachableError), repr(outcome)
+
+
 # -- a writer process killed with SIGKILL mid-stream ---------------------------------------
 
 _WRITER = r"""
