@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import secrets
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from bench import connects, env, sessions
-from bench.env import LABELS, Servers
+from bench.env import LABELS, Servers, describe, log
 from bench.impls import (
     Impl,
     OursImpl,
@@ -64,15 +63,6 @@ class Settings:
     warmup: float = 0.2
     keep: bool = False
     tag: str = field(default_factory=lambda: secrets.token_hex(3))
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def describe(error: BaseException) -> str:
-    text = str(error).splitlines()[0] if str(error) else ""
-    return f"{type(error).__name__}: {text}"[:200]
 
 
 @dataclass

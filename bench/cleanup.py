@@ -24,16 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from bench import env
-from bench.env import LABELS, Servers
+from bench.env import LABELS, Servers, log
 
 DEFAULT_ROWS = {"postgres": 1_000_000, "mysql": 1_000_000, "sqlite": 100_000}
 BASELINE_SECONDS = 2.0
 MYSQL_CHUNK = 250_000
 _PROJECT_DIR = str(Path(__file__).resolve().parent.parent)
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 # -- loading expired rows ---------------------------------------------------------------------

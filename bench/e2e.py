@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import connects, env, sessions, worker_app
-from bench.env import LABELS, Servers
+from bench.env import LABELS, Servers, describe, log
 
 REPO = Path(__file__).resolve().parent.parent
 # Chicory's console script, run by this interpreter whatever the PATH.
@@ -99,15 +99,6 @@ def cases(settings: Settings) -> list[Case]:
         found.append(Case(broker, None, "none"))
         found.extend(Case(broker, kind, role) for kind in kinds for role in ROLES)
     return found
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def describe(error: BaseException) -> str:
-    text = str(error).splitlines()[0] if str(error) else ""
-    return f"{type(error).__name__}: {text}"[:240]
 
 
 # -- where each case keeps its results ----------------------------------------------------

@@ -7,6 +7,7 @@ import importlib.metadata
 import os
 import platform
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,3 +173,14 @@ def machine() -> dict[str, Any]:
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
         "versions": versions(),
     }
+
+
+def log(message: str) -> None:
+    """Progress on stderr: the tables go to stdout and the result files."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def describe(error: BaseException) -> str:
+    """One line for a failed cell or case: the error's type and first line."""
+    text = str(error).splitlines()[0] if str(error) else ""
+    return f"{type(error).__name__}: {text}"[:200]

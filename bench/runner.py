@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench import env
-from bench.env import LABELS, Servers
+from bench.env import LABELS, Servers, describe, log
 from bench.impls import (
     WORKERS,
     Impl,
@@ -158,10 +158,6 @@ def parse_ops(text: str | None) -> list[str]:
     if "get_many" in chosen and "get_many_single" not in chosen:
         chosen.insert(chosen.index("get_many") + 1, "get_many_single")
     return chosen
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 # -- implementations per backend ------------------------------------------------------------
@@ -373,11 +369,6 @@ async def measure_cpu(
 # -- one backend ----------------------------------------------------------------------------
 
 
-def _describe_error(error: BaseException) -> str:
-    text = str(error).splitlines()[0] if str(error) else ""
-    return f"{type(error).__name__}: {text}"[:160]
-
-
 async def run_kind(kind: str, servers: Servers, settings: Settings) -> dict[str, Any]:
     """All cells of one backend; returns its part of the report."""
     log(f"== {LABELS[kind]}")
@@ -385,7 +376,7 @@ async def run_kind(kind: str, servers: Servers, settings: Settings) -> dict[str,
     try:
         await prepare_storage(kind, servers)
     except Exception as error:  # no server: the section says so, the run goes on
-        why = f"not available: {_describe_error(error)}"
+        why = f"not available: {describe(error)}"
         log(f"   {why}")
         return {
             "kind": kind, "label": LABELS[kind], "server": "not reachable",
@@ -408,7 +399,7 @@ async def run_kind(kind: str, servers: Servers, settings: Settings) -> dict[str,
                 impls[role] = impl
             except Exception as error:  # an implementation that cannot run is reported
                 reason = "not available" if kind == "redis" and role == "ours" else "error"
-                unavailable[role] = f"{reason}: {_describe_error(error)}"
+                unavailable[role] = f"{reason}: {describe(error)}"
                 log(f"   {role}: {unavailable[role]}")
                 if impl is not None:
                     await _quiet_close(impl)
@@ -438,7 +429,7 @@ async def _quiet_close(impl: Impl) -> None:
     try:
         await impl.close()
     except Exception as error:
-        log(f"   closing {impl.role}: {_describe_error(error)}")
+        log(f"   closing {impl.role}: {describe(error)}")
 
 
 async def _run_cells(
@@ -474,7 +465,7 @@ async def _run_cells(
                     try:
                         rate, cpu = await measure_cpu(op.fn, impl, concurrency, duration)
                     except Exception as error:
-                        cell["error"] = f"error: {_describe_error(error)}"
+                        cell["error"] = f"error: {describe(error)}"
                         log(f"   {key} c={concurrency} {role}: {cell['error']}")
                         continue
                     if round_number:
@@ -525,7 +516,7 @@ async def server_version(kind: str, servers: Servers) -> str:
             await engine.dispose()
         return str(version).split(" on ")[0] if kind == "postgres" else f"MariaDB {version}"
     except Exception as error:
-        return f"unknown ({_describe_error(error)})"
+        return f"unknown ({describe(error)})"
 
 
 # -- round trips on the wire ------------------------------------------------------------------
@@ -567,10 +558,10 @@ async def count_round_trips(kind: str, servers: Servers, tag: str) -> list[dict[
                                    if k != "round_trips"},
                     })  # fmt: skip
             except Exception as error:
-                log(f"   round trips {role}: {_describe_error(error)}")
+                log(f"   round trips {role}: {describe(error)}")
                 rows.append({
                     "kind": kind, "op": "error", "label": "error", "role": role,
-                    "per_op": None, "detail": {"error": _describe_error(error)},
+                    "per_op": None, "detail": {"error": describe(error)},
                 })  # fmt: skip
             finally:
                 if impl is not None:
@@ -637,7 +628,7 @@ async def redis_backend_ready(servers: Servers, tag: str) -> str | None:
         await open_checked(impl)
         return None
     except Exception as error:
-        return _describe_error(error)
+        return describe(error)
     finally:
         if impl is not None:
             await _quiet_close(impl)
