@@ -5,10 +5,20 @@ from __future__ import annotations
 import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
+from datetime import datetime
 from types import TracebackType
 from typing import Self
 
-from chicory_backends.types import BackendStatus, TaskResult, TaskState, WorkerStats
+from chicory_backends.types import (
+    BackendStatus,
+    TaskDetails,
+    TaskPage,
+    TaskRecord,
+    TaskResult,
+    TaskState,
+    TaskSummary,
+    WorkerStats,
+)
 
 
 def check_heartbeat_ttl(ttl: int) -> None:
@@ -22,8 +32,10 @@ class Backend(ABC):
     """Stores task states, results and worker heartbeats.
 
     Writes are atomic and idempotent: a non-terminal state (PENDING, STARTED, RETRY)
-    never replaces a terminal one (SUCCESS, FAILURE, DEAD_LETTERED), so a late or
-    duplicated delivery cannot undo a finished task.
+    never replaces a terminal one (SUCCESS, FAILURE, DEAD_LETTERED), and a write of an
+    older attempt (``TaskDetails.attempt``) never replaces one of a newer attempt, so a
+    late or duplicated delivery cannot undo a finished task or a retry's outcome. Both
+    rules sit inside the one statement (or script) of each write.
     """
 
     @abstractmethod
@@ -33,10 +45,14 @@ class Backend(ABC):
     async def disconnect(self) -> None: ...
 
     @abstractmethod
-    async def set_state(self, task_id: str, state: TaskState) -> None: ...
+    async def set_state(
+        self, task_id: str, state: TaskState, details: TaskDetails | None = None
+    ) -> None: ...
 
     @abstractmethod
-    async def store_result(self, task_id: str, result: TaskResult) -> None: ...
+    async def store_result(
+        self, task_id: str, result: TaskResult, details: TaskDetails | None = None
+    ) -> None: ...
 
     @abstractmethod
     async def get_result(self, task_id: str) -> TaskResult | None: ...
@@ -47,6 +63,34 @@ class Backend(ABC):
 
     @abstractmethod
     async def delete_result(self, task_id: str) -> None: ...
+
+    # -- history (the record of each task: see TaskRecord) -------------------------------
+
+    @abstractmethod
+    async def get_task(self, task_id: str) -> TaskRecord | None:
+        """The whole record of one task, with result, error, traceback and arguments."""
+
+    @abstractmethod
+    async def list_tasks(
+        self,
+        *,
+        state: TaskState | str | None = None,
+        name: str | None = None,
+        worker_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> TaskPage:
+        """Tasks matching every filter given, newest first (by ``created_at``, in
+        ``[since, until)``), one page of at most ``limit``. Pages are keyset pages: the
+        ``next_cursor`` of one page starts the next, stable while new tasks arrive."""
+
+    @abstractmethod
+    async def task_summary(
+        self, *, since: datetime | None = None, until: datetime | None = None
+    ) -> list[TaskSummary]:
+        """One summary per task name of the tasks created in ``[since, until)``."""
 
     @abstractmethod
     async def store_heartbeat(self, worker_id: str, stats: WorkerStats, ttl: int = 30) -> None: ...

@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 from chicory_backends.errors import (
+    ArgumentsNotRecordableError,
     CorruptResultError,
     InvalidTaskIdError,
     ResultNotSerializableError,
     ResultTooLargeError,
 )
-from chicory_backends.types import MAX_TASK_ID_LENGTH, TaskResult, TaskState, WorkerStats
+from chicory_backends.types import (
+    MAX_TASK_ID_LENGTH,
+    TaskRecord,
+    TaskResult,
+    TaskState,
+    WorkerStats,
+)
 
 _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
@@ -41,6 +50,28 @@ def check_task_id(task_id: str) -> str:
     if not _is_utf8(task_id):
         raise InvalidTaskIdError("task id must be valid Unicode text, without lone surrogates")
     return task_id
+
+
+def check_label(field: str, value: str) -> str:
+    """A task name, queue or worker id: the rules of a task id, naming the field."""
+    try:
+        return check_task_id(value)
+    except InvalidTaskIdError as exc:
+        raise InvalidTaskIdError(str(exc).replace("task id", field, 1)) from None
+
+
+def encode_arguments(task_id: str, arguments: Any, max_bytes: int) -> str:
+    """The JSON text of a task's recorded arguments, by the rules of results, capped."""
+    try:
+        text = encode_value(task_id, arguments)
+    except ResultNotSerializableError as exc:
+        raise ArgumentsNotRecordableError(task_id, exc.reason) from None
+    size = len(text.encode("utf-8")) if text is not None else 0
+    if size > max_bytes:
+        raise ArgumentsNotRecordableError(
+            task_id, f"{size} bytes as JSON, over max_args_bytes={max_bytes}"
+        )
+    return text or "null"
 
 
 def _is_utf8(text: str) -> bool:
@@ -257,3 +288,34 @@ def decode_document(task_id: str, raw: bytes | str) -> TaskResult:
     if not all(text is None or isinstance(text, str) for text in texts):
         raise CorruptResultError(task_id, "result, error and traceback must be text or null")
     return build_result(task_id, doc["state"], *texts)
+
+
+# -- history records ---------------------------------------------------------------------
+
+
+def utc_time(value: datetime | str | None) -> datetime | None:
+    """A stored time as an aware UTC datetime: drivers give aware, naive-UTC (MySQL,
+    SQLite) or, in a Redis document, ISO text."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def record_from_row(columns: Sequence[str], row: Sequence[Any]) -> TaskRecord:
+    """A TaskRecord from one row (or document) of the named columns; JSON columns are text."""
+    fields = dict(zip(columns, row, strict=True))
+    task_id = fields["task_id"]
+    try:
+        for name in ("enqueued_at", "started_at", "finished_at", "created_at", "updated_at"):
+            if name in fields:
+                fields[name] = utc_time(fields[name])
+    except (TypeError, ValueError) as exc:
+        raise CorruptResultError(task_id, f"invalid time ({exc})") from None
+    fields["state"] = decode_state(task_id, fields["state"])
+    for name in ("result", "args"):
+        if name in fields:
+            fields[name] = decode_value(task_id, fields[name])
+    fields["attempts"] = int(fields.get("attempts") or 0)
+    return TaskRecord.model_construct(**fields)

@@ -69,7 +69,18 @@ class SchemaNotReadyError(ChicoryBackendError):
 class ResultNotSerializableError(ChicoryBackendError):
     def __init__(self, task_id: str, reason: str) -> None:
         self.task_id = task_id
+        self.reason = reason
         super().__init__(f"result of task {task_id!r} cannot be stored as JSON: {reason}")
+
+
+class ArgumentsNotRecordableError(ChicoryBackendError, ValueError):
+    """``track(app, record_args=True)``: a task's arguments are not portable JSON, or
+    larger than the cap; the task is not dispatched, so nothing is half-recorded."""
+
+    def __init__(self, task_id: str, reason: str) -> None:
+        self.task_id = task_id
+        self.reason = reason
+        super().__init__(f"arguments of task {task_id!r} cannot be recorded: {reason}")
 
 
 class ResultTooLargeError(ChicoryBackendError):

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator
 
 MAX_TASK_ID_LENGTH = 255
 
@@ -44,6 +45,92 @@ class TaskResult(BaseModel):
     result: Any = None
     error: str | None = None
     traceback: str | None = None
+
+
+class TaskDetails(BaseModel):
+    """What a write knows about its task beyond the state: filled in by ``track(app)``.
+
+    ``attempt`` is the run that writes: 0 while the task is only enqueued (or when
+    nobody said), 1 for the first run, 2 for the first retry. A write of an older attempt
+    never replaces what a newer one wrote.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str | None = None
+    queue: str | None = None
+    worker_id: str | None = None
+    attempt: int = Field(default=0, ge=0)
+    # {"args": [...], "kwargs": {...}} as JSON text (codec.encode_arguments): only when the
+    # app records arguments, which is off by default (they may hold personal data).
+    args_json: str | None = None
+
+    @field_validator("args_json")
+    @classmethod
+    def _json_text(cls, text: str | None) -> str | None:
+        if text is not None:
+            try:
+                json.loads(text)
+            except ValueError:
+                raise ValueError("args_json must be JSON text (codec.encode_arguments)") from None
+        return text
+
+
+class TaskRecord(BaseModel):
+    """One task's history: what ran where, when, how often, and how it ended.
+
+    The times are the backend's clock at each write: ``enqueued_at`` at the PENDING
+    write, ``started_at`` at the latest attempt's STARTED, ``finished_at`` at the terminal
+    write. ``created_at`` (the first write of any kind) orders the history. Pages of
+    ``list_tasks`` leave ``result``, ``traceback`` and ``args`` out; ``get_task`` has all.
+    """
+
+    task_id: str
+    state: TaskState
+    name: str | None = None
+    queue: str | None = None
+    worker_id: str | None = None
+    attempts: int = 0
+    enqueued_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    created_at: datetime
+    updated_at: datetime
+    result: Any = None
+    error: str | None = None
+    traceback: str | None = None
+    args: Any = None
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def runtime(self) -> float | None:
+        """Seconds from the latest start to the finish; None until both are known."""
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return max(0.0, (self.finished_at - self.started_at).total_seconds())
+
+
+class TaskPage(BaseModel):
+    """One page of ``list_tasks``, newest first; pass ``next_cursor`` for the next one."""
+
+    items: list[TaskRecord]
+    next_cursor: str | None = None
+
+
+class TaskSummary(BaseModel):
+    """Per task name over a time window: how many in each state, and how long they ran.
+
+    Percentiles are nearest-rank over the tasks with a runtime (started and finished);
+    ``failure_rate`` is FAILURE and DEAD_LETTERED over all finished tasks.
+    """
+
+    name: str | None
+    total: int
+    states: dict[TaskState, int]
+    failure_rate: float | None = None
+    runtime_p50: float | None = None
+    runtime_p95: float | None = None
+    runtime_max: float | None = None
 
 
 class BaseStatus(BaseModel):

@@ -18,6 +18,7 @@ from chicory_backends.base import Backend, check_heartbeat_ttl
 from chicory_backends.coalesce import Coalescer
 from chicory_backends.codec import (
     build_result,
+    record_from_row,
     check_task_id,
     check_text,
     decode_stats,
@@ -34,7 +35,15 @@ from chicory_backends.errors import (
 )
 from chicory_backends.sql import maintenance
 from chicory_backends.sql.compiled import DriverStatement, compile_for_driver
-from chicory_backends.sql.dialects import Statements, batch_arrays, statements_for
+from chicory_backends.sql.dialects import (
+    PAGE_COLUMNS,
+    PAGE_FILTERS,
+    RECORD_COLUMNS,
+    Statements,
+    batch_arrays,
+    history_page,
+    statements_for,
+)
 from chicory_backends.sql.drivers import Driver, driver_for
 from chicory_backends.sql.engine import create_engine, translate_error
 from chicory_backends.sql.execution import HeldConnection, batch_on_pool, on_driver, on_pool
@@ -43,7 +52,26 @@ from chicory_backends.sql.maintenance import Progress
 from chicory_backends.sql.migrate import current_revision, upgrade_in_process
 from chicory_backends.sql.notify import WaiterRegistry, connect_listener
 from chicory_backends.sql.schema import SCHEMA_REVISION
-from chicory_backends.types import BackendStatus, TaskResult, TaskState, WorkerStats
+from chicory_backends.history import (
+    DEFAULT_PAGE_SIZE,
+    HistoryQuery,
+    Position,
+    check_window,
+    encode_cursor,
+    rank_of,
+    summary_of,
+    write_fields,
+)
+from chicory_backends.types import (
+    BackendStatus,
+    TaskDetails,
+    TaskPage,
+    TaskRecord,
+    TaskResult,
+    TaskState,
+    TaskSummary,
+    WorkerStats,
+)
 from chicory_backends.waiting import RECHECK_INTERVAL, Listener, wait_for, woken_reads
 
 T = TypeVar("T")
@@ -132,34 +160,42 @@ class DatabaseBackend(Backend):
 
     # -- results ---------------------------------------------------------------------
 
-    async def set_state(self, task_id: str, state: TaskState) -> None:
+    async def set_state(
+        self, task_id: str, state: TaskState, details: TaskDetails | None = None
+    ) -> None:
         stmts = self._require()
         now = _utcnow()
+        state = TaskState(state)
         params = {
             "task_id": check_task_id(task_id),
-            "state": TaskState(state).value,
+            "state": state.value,
             "created_at": now,
             "updated_at": now,
             "expires_at": self._expiry(now),
+            **write_fields(task_id, state, details, now),
         }
         await self._write_calls.submit(None, task_id, ("s", stmts.set_state, params))
 
-    async def store_result(self, task_id: str, result: TaskResult) -> None:
+    async def store_result(
+        self, task_id: str, result: TaskResult, details: TaskDetails | None = None
+    ) -> None:
         stmts = self._require()
         check_task_id(task_id)
         now = _utcnow()
+        state = TaskState(result.state)
         value = encode_value(task_id, result.result, self.config.max_result_bytes)
         error = check_text(task_id, "error", result.error)
         traceback = check_text(task_id, "traceback", result.traceback)
         params = {
             "task_id": task_id,
-            "state": TaskState(result.state).value,
+            "state": state.value,
             "result": value,
             "error": error,
             "traceback": traceback,
             "created_at": now,
             "updated_at": now,
             "expires_at": self._expiry(now),
+            **write_fields(task_id, state, details, now),
         }
         size = sum(len(text) for text in (value, error, traceback) if text)
         await self._write_calls.submit(None, task_id, ("r", stmts.store_result, params), size)
@@ -208,6 +244,93 @@ class DatabaseBackend(Backend):
     async def delete_result(self, task_id: str) -> None:
         stmts = self._require()
         await self._execute(stmts.delete_result, {"task_id": check_task_id(task_id)})
+
+    # -- history ---------------------------------------------------------------------
+
+    async def get_task(self, task_id: str) -> TaskRecord | None:
+        stmts = self._require()
+        rows = await self._fetch(
+            stmts.get_task, {"task_id": check_task_id(task_id), "now": _utcnow()}
+        )
+        return record_from_row(RECORD_COLUMNS, rows[0]) if rows else None
+
+    async def list_tasks(
+        self,
+        *,
+        state: TaskState | str | None = None,
+        name: str | None = None,
+        worker_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = DEFAULT_PAGE_SIZE,
+        cursor: str | None = None,
+    ) -> TaskPage:
+        """One statement through an index (sql/schema.py HISTORY_INDEXES): the filters
+        given, rows after the cursor in (created_at, task_id) order, ``limit + 1`` rows to
+        know whether another page follows."""
+        query = HistoryQuery.of(
+            state=state, name=name, worker_id=worker_id, since=since, until=until,
+            limit=limit, cursor=cursor,
+        )  # fmt: skip
+        stmts = self._require()
+        filters = (query.state, query.name, query.worker_id)
+        shape = (*(value is not None for value in filters), query.after is not None)
+        params: dict[str, Any] = {
+            "now": _utcnow(),
+            **self._window(query.since, query.until),
+            "limit": query.limit + 1,
+            **{key: value for key, value in zip(PAGE_FILTERS, filters, strict=True) if value},
+        }
+        if query.after is not None:
+            params["after_created_at"] = query.after.created_at
+            params["after_task_id"] = query.after.task_id
+        rows = await self._fetch(history_page(stmts, shape), params)
+        items = [record_from_row(PAGE_COLUMNS, row) for row in rows[: query.limit]]
+        more = len(rows) > query.limit
+        last = items[-1] if more else None
+        return TaskPage(
+            items=items,
+            next_cursor=None if last is None else encode_cursor(
+                Position(last.created_at, last.task_id)
+            ),
+        )
+
+    async def task_summary(
+        self, *, since: datetime | None = None, until: datetime | None = None
+    ) -> list[TaskSummary]:
+        """Two statements: counts per name and state, and the runtimes at the
+        percentiles' nearest ranks (window functions), both over ``[since, until)``."""
+        since, until = check_window(since, until)
+        stmts = self._require()
+        params = {"now": _utcnow(), **self._window(since, until)}
+        counts = await self._fetch(stmts.summary_counts, params)
+        ranked = await self._fetch(stmts.summary_runtimes, params)
+        states: dict[str | None, dict[TaskState, int]] = {}
+        for name, state, count in counts:
+            states.setdefault(name, {})[TaskState(state)] = int(count)
+        marks: dict[str | None, dict[int, float]] = {}
+        sizes: dict[str | None, int] = {}
+        for name, rank, count, runtime in ranked:
+            marks.setdefault(name, {})[int(rank)] = max(0.0, float(runtime))
+            sizes[name] = int(count)
+        summaries = []
+        for name in sorted(states, key=lambda n: (n is None, n or "")):
+            at, size = marks.get(name, {}), sizes.get(name, 0)
+            summaries.append(
+                summary_of(
+                    name,
+                    states[name],
+                    at.get(rank_of(50, size)) if size else None,
+                    at.get(rank_of(95, size)) if size else None,
+                    at.get(size) if size else None,
+                )
+            )
+        return summaries
+
+    @staticmethod
+    def _window(since: datetime | None, until: datetime | None) -> dict[str, datetime]:
+        # Always bound: one statement shape whether or not a bound was given.
+        return {"since": since or WINDOW_START, "until": until or WINDOW_END}
 
     async def cleanup_old_results(
         self, older_than_seconds: float = 86400, *, progress: Progress | None = None
@@ -511,6 +634,9 @@ class _MaybeConnected:
 
 
 STALE_WAITER_AGE = timedelta(days=1)
+# The bounds of an open time window: before and after any task (every dialect's range).
+WINDOW_START = datetime(1970, 1, 1, tzinfo=UTC)
+WINDOW_END = datetime(9999, 1, 1, tzinfo=UTC)
 
 
 def _utcnow() -> datetime:

@@ -14,6 +14,9 @@ from typing import Any
 
 from sqlalchemy import (
     Column,
+    Integer,
+    Text,
+    and_,
     ColumnElement,
     Executable,
     String,
@@ -27,8 +30,10 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    tuple_,
+    type_coerce,
 )
-from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy.dialects import mssql, mysql, postgresql, sqlite
 from sqlalchemy.engine import Dialect
 
 from chicory_backends.sql.schema import RESULT_WAITERS_TABLE, task_results, worker_heartbeats
@@ -39,13 +44,44 @@ TERMINAL = sorted(str(state) for state in TERMINAL_STATES)
 # SQLAlchemy re-renders into the statement on every execution.
 _TERMINAL_LITERALS: list[ColumnElement[str]] = [literal_column(f"'{state}'") for state in TERMINAL]
 
-RESULT_INSERT_COLUMNS = (
-    "task_id", "state", "result", "error", "traceback", "created_at", "updated_at", "expires_at"
+# The history columns every write carries (history.write_fields), and how each merges
+# with the stored row. "fill": set once, the first non-null value stays (what was
+# dispatched: name, queue, enqueue time, arguments); "keep": under the guard, the new
+# value unless it is null (who runs the latest attempt, since when); any other updated
+# column is replaced under the guard. The guard (``_may_write``): a terminal write always
+# lands and a non-terminal one only over a non-terminal row, and never a write of an
+# older attempt. Fills land even when the guard refuses the rest, so a PENDING write
+# that arrives after its task already started still records the enqueue.
+HISTORY_COLUMNS = (
+    "name", "queue", "worker_id", "attempts", "enqueued_at", "started_at", "finished_at", "args"
 )  # fmt: skip
-RESULT_UPDATE_COLUMNS = ("result", "error", "traceback", "updated_at", "expires_at", "state")
-STATE_INSERT_COLUMNS = ("task_id", "state", "created_at", "updated_at", "expires_at")
-STATE_UPDATE_COLUMNS = ("updated_at", "expires_at", "state")
+FILL_COLUMNS = frozenset({"name", "queue", "enqueued_at", "args"})
+KEEP_COLUMNS = frozenset({"worker_id", "started_at"})
+
+RESULT_INSERT_COLUMNS = (
+    "task_id", "state", "result", "error", "traceback", "created_at", "updated_at",
+    "expires_at", *HISTORY_COLUMNS,
+)  # fmt: skip
+STATE_INSERT_COLUMNS = (
+    "task_id", "state", "created_at", "updated_at", "expires_at", *HISTORY_COLUMNS
+)  # fmt: skip
+# Fills first, then the guarded columns, ``attempts`` and ``state`` last: MySQL applies
+# assignments left to right and later ones see earlier results, and the guard reads both.
+_GUARDED_LAST = ("attempts", "state")
+RESULT_UPDATE_COLUMNS = (
+    "name", "queue", "enqueued_at", "args", "result", "error", "traceback", "updated_at",
+    "expires_at", "worker_id", "started_at", "finished_at", *_GUARDED_LAST,
+)  # fmt: skip
+STATE_UPDATE_COLUMNS = tuple(
+    name for name in RESULT_UPDATE_COLUMNS if name not in ("result", "error", "traceback")
+)
 HEARTBEAT_COLUMNS = ("worker_id", "stats", "updated_at", "expires_at")
+# What a page of list_tasks carries; get_task adds the rest (TaskRecord).
+PAGE_COLUMNS = (
+    "task_id", "state", "name", "queue", "worker_id", "attempts", "enqueued_at",
+    "started_at", "finished_at", "created_at", "updated_at", "error",
+)  # fmt: skip
+RECORD_COLUMNS = (*PAGE_COLUMNS, "result", "traceback", "args")
 
 
 @dataclass(frozen=True)
@@ -70,6 +106,13 @@ class Statements:
     # ids) as ONE statement of fixed shape, columns as arrays (``batch_arrays``). None
     # elsewhere, where a batch is one multi-row statement per kind.
     store_batch: Executable | None
+    # History (history.py): one task's whole record, and the summary's two reads.
+    get_task: Executable
+    summary_counts: Executable
+    summary_runtimes: Executable
+    # A page of list_tasks for each shape of filters, built at first use (history_page).
+    page_shapes: dict[tuple[bool, ...], Executable]
+    keyset: Callable[[], ColumnElement[bool]]
     # PostgreSQL only: the waiter registry behind LISTEN/NOTIFY wake-ups (revision 0003)
     # exists there alone; None elsewhere, where waiting polls. Each takes a batch of ids
     # as :task_ids and (but the fence) the registering backend's token as :waiter.
@@ -79,9 +122,35 @@ class Statements:
     await_writers: Executable | None = None  # the fence: waits for writers of the ids
 
 
-def _may_write(existing_state: ColumnElement[Any], incoming_state: ColumnElement[Any]) -> Any:
-    """A terminal write always lands; a non-terminal one only over a non-terminal row."""
-    return or_(incoming_state.in_(_TERMINAL_LITERALS), existing_state.not_in(_TERMINAL_LITERALS))
+def _may_write(old: Callable[[str], Any], new: Callable[[str], Any]) -> Any:
+    """The guard: a terminal write always lands, a non-terminal one only over a
+    non-terminal row; a write of an older attempt never lands."""
+    return and_(
+        or_(new("state").in_(_TERMINAL_LITERALS), old("state").not_in(_TERMINAL_LITERALS)),
+        new("attempts") >= old("attempts"),
+    )
+
+
+def _merged(
+    name: str, old: Callable[[str], Any], new: Callable[[str], Any], guarded: bool
+) -> Any:
+    """The value column ``name`` takes when a write meets a stored row (see FILL_COLUMNS)."""
+    if not guarded:
+        return new(name)
+    if name in FILL_COLUMNS:
+        return func.coalesce(old(name), new(name))
+    value = func.coalesce(new(name), old(name)) if name in KEEP_COLUMNS else new(name)
+    return case((_may_write(old, new), value), else_=old(name))
+
+
+def _merged_sql(name: str, old: str, new: str, dialect: Dialect) -> str:
+    """``_merged`` as SQL text, for the statements SQLAlchemy has no construct for."""
+
+    def ref(alias: str) -> Callable[[str], Any]:
+        return lambda column: literal_column(f"{alias}.{column}")
+
+    expression = _merged(name, ref(old), ref(new), guarded=True)
+    return str(expression.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
 
 
 def _on_conflict_upsert(
@@ -90,11 +159,10 @@ def _on_conflict_upsert(
 ) -> Executable:  # fmt: skip
     stmt = insert_fn(table).values({name: bindparam(name) for name in insert_cols})
     key = [col.name for col in table.primary_key.columns]
-    where = _may_write(table.c.state, stmt.excluded.state) if guarded else None
+    old, new = table.c.__getitem__, stmt.excluded.__getitem__
     return stmt.on_conflict_do_update(  # type: ignore[no-any-return]
         index_elements=key,
-        set_={name: stmt.excluded[name] for name in update_cols},
-        where=where,
+        set_={name: _merged(name, old, new, guarded) for name in update_cols},
     )
 
 
@@ -102,16 +170,10 @@ def _mysql_upsert(
     table: Table, insert_cols: Sequence[str], update_cols: Sequence[str], guarded: bool
 ) -> Executable:
     stmt = mysql.insert(table).values({name: bindparam(name) for name in insert_cols})
-    # MySQL applies the assignments left to right and later ones see earlier results, so
-    # the guard reads the old state only while ``state`` itself is assigned last.
-    may_write = _may_write(table.c.state, stmt.inserted.state) if guarded else None
-    assignments: list[tuple[str, Any]] = []
-    for name in update_cols:
-        new_value: Any = stmt.inserted[name]
-        if may_write is not None:
-            new_value = case((may_write, new_value), else_=table.c[name])
-        assignments.append((name, new_value))
-    return stmt.on_duplicate_key_update(assignments)
+    old, new = table.c.__getitem__, stmt.inserted.__getitem__
+    return stmt.on_duplicate_key_update(
+        [(name, _merged(name, old, new, guarded)) for name in update_cols]
+    )
 
 
 def _mssql_merge(
@@ -121,15 +183,17 @@ def _mssql_merge(
     key = [col.name for col in table.primary_key.columns]
     source = ", ".join(f":{name} AS {name}" for name in insert_cols)
     on = " AND ".join(f"t.{name} = s.{name}" for name in key)
-    terminal = ", ".join(f"'{state}'" for state in TERMINAL)
-    guard = f" AND (s.state IN ({terminal}) OR t.state NOT IN ({terminal}))" if guarded else ""
-    sets = ", ".join(f"{name} = s.{name}" for name in update_cols)
+    dialect = mssql.dialect()  # type: ignore[no-untyped-call]
+    sets = ", ".join(
+        f"{name} = " + (_merged_sql(name, "t", "s", dialect) if guarded else f"s.{name}")
+        for name in update_cols
+    )
     cols = ", ".join(insert_cols)
     values = ", ".join(f"s.{name}" for name in insert_cols)
     # Names and literals of our own schema only; every value is a bound parameter.
     sql = (
         f"MERGE {table.name} WITH (HOLDLOCK) AS t USING (SELECT {source}) AS s ON {on} "  # noqa: S608
-        f"WHEN MATCHED{guard} THEN UPDATE SET {sets} "
+        f"WHEN MATCHED THEN UPDATE SET {sets} "
         f"WHEN NOT MATCHED THEN INSERT ({cols}) VALUES ({values});"
     )
     return text(sql).bindparams(
@@ -169,6 +233,100 @@ def _any_of_ids(dialect_name: str) -> ColumnElement[bool]:
         ids = bindparam("task_ids", type_=postgresql.ARRAY(String))
         return task_results.c.task_id == any_(ids)
     return task_results.c.task_id.in_(bindparam("task_ids", expanding=True))
+
+
+# -- history -------------------------------------------------------------------------
+
+_not_expired = or_(
+    task_results.c.expires_at.is_(None), task_results.c.expires_at > bindparam("now")
+)
+_in_window = and_(
+    task_results.c.created_at >= bindparam("since"), task_results.c.created_at < bindparam("until")
+)
+# Each filter of list_tasks, in the order of a page shape's flags.
+PAGE_FILTERS = ("state", "name", "worker_id")
+
+
+def _readable(name: str) -> ColumnElement[Any]:
+    """A column as the backend decodes it: JSON documents as their text on every dialect."""
+    column = task_results.c[name]
+    return type_coerce(column, Text()) if name in ("result", "args") else column
+
+
+def _keyset(dialect_name: str) -> ColumnElement[bool]:
+    """Rows after the cursor in page order (created_at, task_id descending). A row-value
+    comparison walks the index as one range; SQL Server has none, so it is spelled out."""
+    created, task_id = task_results.c.created_at, task_results.c.task_id
+    after_created = bindparam("after_created_at", type_=created.type)
+    after_id = bindparam("after_task_id", type_=task_id.type)
+    if dialect_name == "mssql":
+        return or_(created < after_created, and_(created == after_created, task_id < after_id))
+    return tuple_(created, task_id) < tuple_(after_created, after_id)
+
+
+def history_page(stmts: Statements, shape: tuple[bool, ...]) -> Executable:
+    """The list_tasks statement for one shape: which of PAGE_FILTERS are given, then
+    whether a cursor is. Built once per shape; every value is a bound parameter."""
+    statement = stmts.page_shapes.get(shape)
+    if statement is None:
+        conditions = [_not_expired, _in_window]
+        conditions += [
+            task_results.c[name] == bindparam(name)
+            for name, given in zip(PAGE_FILTERS, shape, strict=False)
+            if given
+        ]
+        if shape[len(PAGE_FILTERS)]:
+            conditions.append(stmts.keyset())
+        statement = (
+            select(*(_readable(name) for name in PAGE_COLUMNS))
+            .where(*conditions)
+            .order_by(task_results.c.created_at.desc(), task_results.c.task_id.desc())
+            .limit(bindparam("limit", type_=Integer()))
+        )
+        stmts.page_shapes[shape] = statement
+    return statement
+
+
+def _runtime_seconds(dialect_name: str) -> ColumnElement[Any]:
+    """finished_at - started_at in seconds, as each dialect subtracts times."""
+    started, finished = task_results.c.started_at, task_results.c.finished_at
+    if dialect_name == "postgresql":
+        return func.extract("epoch", finished - started)
+    if dialect_name in ("mysql", "mariadb"):
+        return func.timestampdiff(literal_column("MICROSECOND"), started, finished) / 1e6
+    if dialect_name == "mssql":
+        return func.datediff_big(literal_column("microsecond"), started, finished) / 1e6
+    return (func.julianday(finished) - func.julianday(started)) * 86400.0  # SQLite
+
+
+def _summary_runtimes(dialect_name: str) -> Executable:
+    """Per name, the runtimes at the nearest ranks of p50 and p95 and the longest: the
+    smallest rank r with r * 100 >= p * n (history.rank_of), in integers everywhere."""
+    runtime = _runtime_seconds(dialect_name).label("runtime")
+    name = task_results.c.name
+    ranked = (
+        select(
+            name,
+            runtime,
+            func.row_number().over(partition_by=name, order_by=runtime).label("rank"),
+            func.count().over(partition_by=name).label("n"),
+        )
+        .where(
+            _not_expired,
+            _in_window,
+            task_results.c.started_at.is_not(None),
+            task_results.c.finished_at.is_not(None),
+        )
+        .subquery("ranked")
+    )
+    rank, count = ranked.c["rank"], ranked.c["n"]
+
+    def nearest(percent: int) -> ColumnElement[bool]:
+        return and_(rank * 100 >= percent * count, (rank - 1) * 100 < percent * count)
+
+    return select(ranked.c.name, rank, count, ranked.c.runtime).where(
+        or_(nearest(50), nearest(95), rank == count)
+    )
 
 
 def statements_for(dialect: Dialect, cleanup_batch_size: int = 5000) -> Statements:
@@ -227,6 +385,15 @@ def statements_for(dialect: Dialect, cleanup_batch_size: int = 5000) -> Statemen
         )
         .group_by(task_results.c.state)
         .order_by(task_results.c.state),
+        get_task=select(*(_readable(column) for column in RECORD_COLUMNS)).where(
+            _not_expired, task_results.c.task_id == bindparam("task_id")
+        ),
+        summary_counts=select(task_results.c.name, task_results.c.state, func.count())
+        .where(_not_expired, _in_window)
+        .group_by(task_results.c.name, task_results.c.state),
+        summary_runtimes=_summary_runtimes(name),
+        page_shapes={},
+        keyset=lambda: _keyset(name),
         **(_WAITER_REGISTRY if name == "postgresql" else {}),
     )
 
@@ -289,7 +456,9 @@ def migration_lock_for(dialect: Dialect) -> MigrationLock:
 _ARRAY_TYPES = {
     "task_id": "text[]", "state": "text[]", "result": "jsonb[]", "error": "text[]",
     "traceback": "text[]", "created_at": "timestamptz[]", "updated_at": "timestamptz[]",
-    "expires_at": "timestamptz[]",
+    "expires_at": "timestamptz[]", "name": "text[]", "queue": "text[]",
+    "worker_id": "text[]", "attempts": "int[]", "enqueued_at": "timestamptz[]",
+    "started_at": "timestamptz[]", "finished_at": "timestamptz[]", "args": "jsonb[]",
 }  # fmt: skip
 BATCH_KINDS = {"s": STATE_INSERT_COLUMNS, "r": RESULT_INSERT_COLUMNS}  # set_state, store_result
 
@@ -297,20 +466,19 @@ BATCH_KINDS = {"s": STATE_INSERT_COLUMNS, "r": RESULT_INSERT_COLUMNS}  # set_sta
 def _unnest_upsert(kind: str, insert_cols: Sequence[str], update_cols: Sequence[str]) -> str:
     table = task_results.name
     arrays = ", ".join(f"CAST(:{kind}_{col} AS {_ARRAY_TYPES[col]})" for col in insert_cols)
-    terminal = ", ".join(f"'{state}'" for state in TERMINAL)
+    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
     return (
         f"INSERT INTO {table} AS t ({', '.join(insert_cols)}) "  # noqa: S608 - our schema
         f"SELECT * FROM unnest({arrays}) "
         "ON CONFLICT (task_id) DO UPDATE SET "
-        + ", ".join(f"{col} = excluded.{col}" for col in update_cols)
-        + f" WHERE excluded.state IN ({terminal}) OR t.state NOT IN ({terminal})"
+        + ", ".join(f"{col} = {_merged_sql(col, 't', 'excluded', dialect)}" for col in update_cols)
     )
 
 
 def _postgres_store_batch() -> Executable:
     """The set_state rows in a data-modifying CTE, the store_result rows in the main
     INSERT: one statement, one commit, one prepared statement for any batch size. Both
-    carry the terminal guard of the single-row upserts; a batch never holds one task id
+    merge as the single-row upserts do (``_merged``); a batch never holds one task id
     twice, so no row is touched twice."""
     return text(
         f"WITH set_state AS ({_unnest_upsert('s', STATE_INSERT_COLUMNS, STATE_UPDATE_COLUMNS)}"

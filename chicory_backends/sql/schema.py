@@ -9,6 +9,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Index,
+    Integer,
     MetaData,
     String,
     Table,
@@ -21,7 +22,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeEngine
 
 # The Alembic revision these tables correspond to; connect() refuses any other.
-SCHEMA_REVISION = "0003"
+SCHEMA_REVISION = "0004"
 
 metadata = MetaData()
 
@@ -82,6 +83,14 @@ class IdString(TypeDecorator[str]):
         return dialect.type_descriptor(String(255))
 
 
+# Keyset pages of list_tasks, newest first, unfiltered or filtered by name or by state:
+# each ends in (created_at, task_id), the page order. (A worker filter walks the first.)
+HISTORY_INDEXES = (
+    Index("ix_chicory_task_results_created_at", "created_at", "task_id"),
+    Index("ix_chicory_task_results_name_created_at", "name", "created_at", "task_id"),
+    Index("ix_chicory_task_results_state_created_at", "state", "created_at", "task_id"),
+)
+
 task_results = Table(
     "chicory_task_results",
     metadata,
@@ -93,8 +102,18 @@ task_results = Table(
     Column("created_at", UtcDateTime, nullable=False),
     Column("updated_at", UtcDateTime, nullable=False),
     Column("expires_at", UtcDateTime, nullable=True),
+    # The task's history (revision 0004): see types.TaskRecord.
+    Column("name", IdString(), nullable=True),
+    Column("queue", IdString(), nullable=True),
+    Column("worker_id", IdString(), nullable=True),
+    Column("attempts", Integer(), nullable=False, server_default="0"),
+    Column("enqueued_at", UtcDateTime, nullable=True),
+    Column("started_at", UtcDateTime, nullable=True),
+    Column("finished_at", UtcDateTime, nullable=True),
+    Column("args", JsonDocument, nullable=True),
     Index("ix_chicory_task_results_updated_at", "updated_at"),
     Index("ix_chicory_task_results_expires_at", "expires_at"),
+    *HISTORY_INDEXES,
     mysql_charset="utf8mb4",
 )
 
