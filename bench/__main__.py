@@ -1,4 +1,4 @@
-"""``python -m bench [--only ...] [--parts ...]``, ``python -m bench e2e|bursts|cleanup``.
+"""``python -m bench [--only ...] [--parts ...]``, ``python -m bench e2e|bursts|cleanup|history``.
 
 Without a subcommand (``make bench``) one run does all three parts, side by side per
 backend: the steady throughput and round trips (latest.md), the store_result bursts
@@ -191,6 +191,10 @@ def main(argv: list[str]) -> int:
         return _part(argv[1:], "bursts", _bursts_parser, _bursts_settings)
     if argv[:1] == ["cleanup"]:
         return _cleanup(argv[1:])
+    if argv[:1] == ["history"]:
+        from bench import history
+
+        return history.main(argv[1:])
     if argv[:1] == ["whatif"]:
         from bench import whatif
 

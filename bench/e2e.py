@@ -43,8 +43,13 @@ REPO = Path(__file__).resolve().parent.parent
 CHICORY_CLI = "import sys; from chicory.cli import app; sys.argv[0] = 'chicory'; sys.exit(app())"
 BROKERS = ("redis", "rabbitmq")
 BROKER_LABELS = {"redis": "Redis", "rabbitmq": "RabbitMQ"}
-ROLES = ("ours", "chicory")
-ROLE_LABELS = {"ours": "ours", "chicory": "Chicory 0.1.0", "none": "no backend (ceiling)"}
+# "tracked": ours with track(app) in the worker and the client (the task history).
+ROLES = ("ours", "tracked", "chicory")
+ROLE_LABELS = {
+    "ours": "ours", "tracked": "ours + track(app)", "chicory": "Chicory 0.1.0",
+    "none": "no backend (ceiling)",
+}  # fmt: skip
+OURS_ROLES = ("ours", "tracked")
 TERMINAL = {"SUCCESS", "FAILURE", "DEAD_LETTERED"}
 Y_OFFSET = 1_000_000  # add(i, Y_OFFSET + i): every expected value differs
 
@@ -76,7 +81,7 @@ class Settings:
 class Case:
     broker: str
     kind: str | None  # None: the worker has no backend
-    role: str  # "ours" | "chicory" | "none"
+    role: str  # "ours" | "tracked" | "chicory" | "none"
 
     @property
     def spec(self) -> str:
@@ -119,7 +124,7 @@ async def prepare_storage(case: Case, name: str, servers: Servers) -> Storage:
     if kind is None:
         return Storage(env={})
     if kind == "redis":
-        if case.role == "ours":
+        if case.role in OURS_ROLES:
             storage = Storage(env={}, redis_db=servers.redis_db, key_prefix=name)
             storage.env["CHICORY_BACKEND_REDIS_KEY_PREFIX"] = name
         else:  # Chicory's keys are fixed ("chicory:*"): a database apart from ours
@@ -130,7 +135,7 @@ async def prepare_storage(case: Case, name: str, servers: Servers) -> Storage:
             "CHICORY_BACKEND_REDIS_DB": str(storage.redis_db),
         })  # fmt: skip
         return storage
-    if case.role == "ours":
+    if case.role in OURS_ROLES:
         await env.migrate_database(servers, kind, name)
     elif kind == "sqlite":
         env.remove_sqlite_files(servers.sqlite_path(name))
@@ -636,8 +641,10 @@ def ratios(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
             figure = {s["role"]: s for s in mine if s["kind"] == kind}
             ours = figure.get("ours", {}).get("tasks_per_s")
             chicory = figure.get("chicory", {}).get("tasks_per_s")
+            tracked = figure.get("tracked", {}).get("tasks_per_s")
             rows.append({
                 "broker": broker, "kind": kind, "ours": ours, "chicory": chicory,
+                "tracked": tracked, "tracked_vs_ours": _ratio(tracked, ours),
                 "ceiling": ceiling,
                 "ours_vs_ceiling": _ratio(ours, ceiling),
                 "chicory_vs_ceiling": _ratio(chicory, ceiling),
@@ -737,15 +744,17 @@ def _cell(summary: dict[str, Any], text: str) -> str:
 def summary_table(report: dict[str, Any]) -> list[str]:
     lines = [
         "| broker | backend | ours | Chicory 0.1.0 | no backend | ours / ceiling "
-        "| Chicory / ceiling | ours / Chicory | sessions per 1k tasks: ours / Chicory |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| Chicory / ceiling | ours / Chicory | ours + track(app) (/ ours) "
+        "| sessions per 1k tasks: ours / tracked / Chicory |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in report["ratios"]:
         per_1k = " / ".join(_count(row["sessions_per_1k"][r]) for r in ROLES)
         lines.append(
             f"| {BROKER_LABELS[row['broker']]} | {LABELS[row['kind']]} | {_num(row['ours'])} "
             f"| {_num(row['chicory'])} | {_num(row['ceiling'])} | {_x(row['ours_vs_ceiling'])} "
-            f"| {_x(row['chicory_vs_ceiling'])} | {_x(row['ours_vs_chicory'])} | {per_1k} |"
+            f"| {_x(row['chicory_vs_ceiling'])} | {_x(row['ours_vs_chicory'])} "
+            f"| {_num(row.get('tracked'))} ({_x(row.get('tracked_vs_ours'))}) | {per_1k} |"
         )
     return lines
 

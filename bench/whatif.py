@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
-from sqlalchemy import literal_column, or_
+from sqlalchemy import and_, literal_column, or_
 from sqlalchemy.util import greenlet_spawn
 
 from bench import env, runner
@@ -43,11 +43,14 @@ if TYPE_CHECKING:
     from chicory_backends.sql.dialects import Statements
 
 
-def _literal_guard(existing_state: Any, incoming_state: Any) -> Any:
+def _literal_guard(old: Any, new: Any) -> Any:
     from chicory_backends.sql import dialects
 
     terminal: list[Any] = [literal_column(f"'{state}'") for state in dialects.TERMINAL]
-    return or_(incoming_state.in_(terminal), existing_state.not_in(terminal))
+    return and_(
+        or_(new("state").in_(terminal), old("state").not_in(terminal)),
+        new("attempts") >= old("attempts"),
+    )
 
 
 def fast_path(backend: DatabaseBackend, statements: Statements) -> set[str]:

@@ -8,7 +8,8 @@ and the bench's client app (under the same variables), so both sides are configu
 - ``BENCH_E2E_NAMESPACE``: a prefix for the broker's keys and queues. Chicory 0.1.0 always
   publishes to the queue named "default", so a run of its own needs the names changed at
   the broker level (the subclasses below rename, nothing else);
-- ``BENCH_E2E_BACKEND``: ``none``, ``ours:<kind>`` (ours through ``chicory_backend()``) or
+- ``BENCH_E2E_BACKEND``: ``none``, ``ours:<kind>`` (ours through ``chicory_backend()``),
+  ``tracked:<kind>`` (the same with ``track(app)``) or
   ``chicory:<kind>`` (Chicory's own backend, built by Chicory from ``BackendType`` and its
   ``CHICORY_BACKEND_*`` settings, exactly as an app would get it);
 - ``BENCH_E2E_DONE_FILE``: the task appends one byte to it, so the file's size is the number
@@ -109,13 +110,23 @@ def make_app() -> Chicory:
         from chicory_backends.chicory import chicory_backend
 
         backend = chicory_backend(spec.removeprefix("ours:"))
+    elif spec.startswith("tracked:"):
+        from chicory_backends.chicory import chicory_backend
+
+        backend = chicory_backend(spec.removeprefix("tracked:"))
     elif spec.startswith("chicory:"):
         backend = BackendType(spec.removeprefix("chicory:"))  # Chicory builds its own
     elif spec != "none":
-        raise ValueError(f"BENCH_E2E_BACKEND={spec!r}: none, ours:<kind> or chicory:<kind>")
+        raise ValueError(
+            f"BENCH_E2E_BACKEND={spec!r}: none, ours:<kind>, tracked:<kind> or chicory:<kind>"
+        )
     # cast: Chicory's overloads pair a Broker instance with a Backend instance only, but
     # Chicory() itself takes a BackendType beside any broker.
     app = Chicory(broker=cast(Any, broker), backend=backend, config=config)
+    if spec.startswith("tracked:"):
+        from chicory_backends.chicory import track
+
+        track(app)  # the task history: client and worker alike
     signal = _Signal(os.environ.get("BENCH_E2E_DONE_FILE"))
 
     @app.task(name=TASK_NAME)

@@ -11,6 +11,7 @@ from chicory_backends.config import (
     SQLiteBackendConfig,
 )
 from chicory_backends.errors import (
+    ArgumentsNotRecordableError,
     BackendNotConfiguredError,
     BackendUnreachableError,
     ChicoryBackendError,
@@ -32,8 +33,12 @@ from chicory_backends.sql.backend import DatabaseBackend
 from chicory_backends.types import (
     BackendStatus,
     BackendType,
+    TaskDetails,
+    TaskPage,
+    TaskRecord,
     TaskResult,
     TaskState,
+    TaskSummary,
     WorkerStats,
 )
 
@@ -51,6 +56,7 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
+    "ArgumentsNotRecordableError",
     "AsyncResult",
     "Backend",
     "BackendNotConfiguredError",
@@ -75,9 +81,13 @@ __all__ = [
     "ResultTooLargeError",
     "SQLiteBackendConfig",
     "SchemaNotReadyError",
+    "TaskDetails",
     "TaskFailedError",
+    "TaskPage",
+    "TaskRecord",
     "TaskResult",
     "TaskState",
+    "TaskSummary",
     "WorkerStats",
     "create_backend",
 ]

@@ -11,27 +11,87 @@
 Chicory's own Worker and AsyncResult then store and read through our backend unchanged;
 ``async_result(app, task_id)`` gives our AsyncResult, which waits by LISTEN/NOTIFY on
 PostgreSQL instead of Chicory's fixed 100 ms polling.
+
+``track(app)`` adds the task history (``get_task``, ``list_tasks``, ``task_summary``):
+call it once where the app is made, so that both the client and ``chicory worker``
+run it::
+
+    app = track(Chicory(broker=BrokerType.REDIS, backend=chicory_backend("postgres")))
+
+How it works, without changing Chicory: it wraps the broker's ``publish`` and
+``consume`` of this one app (instance attributes over the originals).
+
+- A dispatch (``delay``/``send``: a message with ``retries == 0``) first writes PENDING
+  with the task's name and queue (and, with ``record_args=True``, its arguments), then
+  publishes; if publishing fails, the PENDING record is deleted again (best effort) and
+  the error re-raised. That is one extra write per dispatch, and a dispatch now needs
+  the backend as well as the broker. A retry's republish is passed through untouched.
+- Each consumed envelope is made the current *delivery* (a ContextVar) before the
+  worker sees it. Chicory's worker runs every envelope in a task of its own
+  (``asyncio.create_task`` copies the context), so the state writes made while it runs
+  (STARTED, RETRY, SUCCESS, FAILURE) carry its name, queue, attempt
+  (``retries + 1``) and worker id, at no extra statement.
+- The worker id is the one of the worker's heartbeat: Chicory's worker sends its first
+  heartbeat before its first task starts. So one worker per process, as
+  ``chicory worker`` runs it; a process running two Workers on one adapter records
+  the id of whichever sent a heartbeat last.
+
+Without ``track()`` nothing of this happens and every write is as before.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import inspect
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import aclosing, suppress
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from chicory import types as chicory_types
 from chicory.backend.base import Backend as ChicoryBackend
+from chicory.broker.base import DEFAULT_QUEUE
 
 from chicory_backends.base import Backend
+from chicory_backends.codec import check_label, encode_arguments
 from chicory_backends.config import AnyBackendConfig
-from chicory_backends.errors import BackendNotConfiguredError, ConfigurationError
+from chicory_backends.errors import (
+    BackendNotConfiguredError,
+    ConfigurationError,
+    InvalidTaskIdError,
+)
 from chicory_backends.factory import create_backend
 from chicory_backends.result import AsyncResult
-from chicory_backends.types import BackendType, TaskResult, TaskState, WorkerStats
+from chicory_backends.types import BackendType, TaskDetails, TaskResult, TaskState, WorkerStats
 
 if TYPE_CHECKING:
     from chicory.app import Chicory
+    from chicory.broker.base import Broker, TaskEnvelope
 
-__all__ = ["ChicoryBackendAdapter", "async_result", "chicory_backend"]
+__all__ = ["ChicoryBackendAdapter", "async_result", "chicory_backend", "track"]
+
+DEFAULT_MAX_ARGS_BYTES = 16384
+
+
+@dataclass(frozen=True)
+class Tracking:
+    """What ``track(app)`` was asked for; one per adapter, the first call's."""
+
+    record_args: bool
+    max_args_bytes: int
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """The envelope a worker is processing in this context (set by the consume wrapper)."""
+
+    task_id: str
+    name: str
+    retries: int
+    queue: str
+
+
+_delivery: ContextVar[Delivery | None] = ContextVar("chicory_backends_delivery", default=None)
 
 
 class ChicoryBackendAdapter(ChicoryBackend):
@@ -44,6 +104,10 @@ class ChicoryBackendAdapter(ChicoryBackend):
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
+        # Set by track(app); None means: write no details, exactly as before.
+        self.tracking: Tracking | None = None
+        # The id of the worker of this process, from its heartbeats (see the module doc).
+        self.worker_id: str | None = None
 
     def __repr__(self) -> str:
         return f"ChicoryBackendAdapter({self.backend!r})"
@@ -55,10 +119,45 @@ class ChicoryBackendAdapter(ChicoryBackend):
         await self.backend.disconnect()
 
     async def set_state(self, task_id: str, state: chicory_types.TaskState) -> None:
-        await self.backend.set_state(task_id, TaskState(state.value))
+        details = self.delivery_details(task_id)
+        if details is None:
+            await self.backend.set_state(task_id, TaskState(state.value))
+        else:
+            await self.backend.set_state(task_id, TaskState(state.value), details)
 
     async def store_result(self, task_id: str, result: chicory_types.TaskResult[Any]) -> None:
-        await self.backend.store_result(task_id, to_result(result))
+        details = self.delivery_details(task_id)
+        if details is None:
+            await self.backend.store_result(task_id, to_result(result))
+        else:
+            await self.backend.store_result(task_id, to_result(result), details)
+
+    def delivery_details(self, task_id: str) -> TaskDetails | None:
+        """What a worker's write of ``task_id`` records: the current delivery's name,
+        queue and attempt, and this worker's id; None unless tracked and delivered."""
+        if self.tracking is None:
+            return None
+        delivery = _delivery.get()
+        if delivery is None or delivery.task_id != task_id:
+            return None
+        return TaskDetails(
+            # A message from elsewhere may name no valid label: its outcome must still
+            # be stored (the history then lacks the name), never refused.
+            name=_label_or_none("name", delivery.name),
+            queue=_label_or_none("queue", delivery.queue),
+            worker_id=self.worker_id,
+            attempt=max(0, delivery.retries) + 1,
+        )
+
+    def dispatch_details(self, message: chicory_types.TaskMessage, queue: str) -> TaskDetails:
+        """What the PENDING write of a dispatch records; raises
+        ArgumentsNotRecordableError for arguments that cannot be recorded."""
+        tracking = self.tracking
+        args_json = None
+        if tracking is not None and tracking.record_args:
+            arguments = {"args": message.args, "kwargs": message.kwargs}
+            args_json = encode_arguments(message.id, arguments, tracking.max_args_bytes)
+        return TaskDetails(name=message.name, queue=queue, attempt=0, args_json=args_json)
 
     async def get_result(self, task_id: str) -> chicory_types.TaskResult[Any] | None:
         result = await self.backend.get_result(task_id)
@@ -70,6 +169,9 @@ class ChicoryBackendAdapter(ChicoryBackend):
     async def store_heartbeat(
         self, worker_id: str, heartbeat: chicory_types.WorkerStats, ttl: int = 30
     ) -> None:
+        # Learnt before the first await: Chicory's worker calls this from its heartbeat
+        # task, which starts before any task of an envelope can (Worker.start).
+        self.worker_id = _label_or_none("worker_id", worker_id)
         await self.backend.store_heartbeat(worker_id, to_stats(heartbeat), ttl)
 
     async def get_heartbeat(self, worker_id: str) -> chicory_types.WorkerStats | None:
@@ -128,6 +230,106 @@ def async_result(app: Chicory, task_id: str) -> AsyncResult:
             "build the app with backend=chicory_backend(...) to use ours"
         )
     return AsyncResult(task_id, backend.backend)
+
+
+def track(
+    app: Chicory, *, record_args: bool = False, max_args_bytes: int = DEFAULT_MAX_ARGS_BYTES
+) -> Chicory:
+    """Record the history of ``app``'s tasks (see the module doc); returns ``app``.
+
+    Call it once on the app in the client and in the worker, where the app is made.
+    A second call on the same app changes nothing (the first call's options stay).
+    ``record_args=True`` also stores each dispatch's arguments, as
+    ``{"args": [...], "kwargs": {...}}``, when they are portable JSON of at most
+    ``max_args_bytes``; other arguments raise ArgumentsNotRecordableError from
+    ``delay()`` and the task is not published. Off by default: arguments may hold
+    personal data.
+
+    Raises ConfigurationError unless the app's backend is ours (``chicory_backend()``).
+    """
+    adapter = app.backend
+    if not isinstance(adapter, ChicoryBackendAdapter):
+        what = "no backend" if adapter is None else f"{type(adapter).__name__} as its backend"
+        raise ConfigurationError(
+            f"track(app) needs our backend, and the app has {what}: "
+            "build it with backend=chicory_backend(...)"
+        )
+    if not isinstance(record_args, bool):
+        raise ConfigurationError(f"record_args must be a bool, not {type(record_args).__name__}")
+    if isinstance(max_args_bytes, bool) or not isinstance(max_args_bytes, int):
+        raise ConfigurationError(
+            f"max_args_bytes must be an int, not {type(max_args_bytes).__name__}"
+        )
+    if max_args_bytes < 1:
+        raise ConfigurationError(f"max_args_bytes must be at least 1, not {max_args_bytes}")
+    broker = app.broker
+    if vars(broker).get(_TRACKED) is not None:
+        return app
+    if adapter.tracking is None:
+        adapter.tracking = Tracking(record_args=record_args, max_args_bytes=max_args_bytes)
+    _wrap_broker(broker, adapter)
+    return app
+
+
+_TRACKED = "_chicory_backends_tracked"
+_UNSET: Any = object()
+
+
+def _wrap_broker(broker: Broker, adapter: ChicoryBackendAdapter) -> None:
+    publish, consume = broker.publish, broker.consume  # bound: a subclass's own
+    publish_queue = _default_queue(publish)
+    consume_queue = _default_queue(consume)
+
+    async def tracked_publish(message: chicory_types.TaskMessage, queue: str = _UNSET) -> None:
+        if message.retries != 0:  # a retry's republish: the worker's writes record it
+            await (publish(message) if queue is _UNSET else publish(message, queue))
+            return
+        target = publish_queue if queue is _UNSET else queue
+        details = adapter.dispatch_details(message, target)  # raises before any I/O
+        await adapter.backend.set_state(message.id, TaskState.PENDING, details)
+        try:
+            await (publish(message) if queue is _UNSET else publish(message, queue))
+        except Exception:
+            # Not published: no record may claim it is queued. Not on cancellation,
+            # where the message may have reached the broker all the same.
+            with suppress(Exception):
+                await adapter.backend.delete_result(message.id)
+            raise
+
+    async def tracked_consume(queue: str = _UNSET) -> AsyncIterator[TaskEnvelope]:
+        source = consume_queue if queue is _UNSET else queue
+        stream = consume() if queue is _UNSET else consume(queue)
+        async with aclosing(stream):
+            async for envelope in stream:
+                message = envelope.message
+                _delivery.set(Delivery(message.id, message.name, message.retries, source))
+                yield envelope
+                # The worker made the envelope's task (a copy of this context) meanwhile.
+                _delivery.set(None)
+
+    tracked_publish.__wrapped__ = publish  # type: ignore[attr-defined]
+    tracked_consume.__wrapped__ = consume  # type: ignore[attr-defined]
+    vars(broker)["publish"] = tracked_publish
+    vars(broker)["consume"] = tracked_consume
+    vars(broker)[_TRACKED] = adapter
+
+
+def _default_queue(method: Callable[..., Any]) -> str:
+    """The queue a broker method uses when given none (Chicory's worker gives none)."""
+    try:
+        parameter = inspect.signature(method).parameters.get("queue")
+    except (TypeError, ValueError):
+        return DEFAULT_QUEUE
+    if parameter is None or not isinstance(parameter.default, str):
+        return DEFAULT_QUEUE
+    return parameter.default
+
+
+def _label_or_none(field: str, value: str) -> str | None:
+    try:
+        return check_label(field, value)
+    except InvalidTaskIdError:
+        return None
 
 
 # -- conversions: the models have the same fields and values on both sides -----------

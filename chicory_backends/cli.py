@@ -14,18 +14,22 @@ import asyncio
 import io
 import json
 import re
+import shlex
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any, NoReturn
+from datetime import UTC, datetime, timedelta
+from typing import Any, NoReturn, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 from alembic import command
 from alembic.util import CommandError
 from pydantic import SecretStr
 
 from chicory_backends.alembic_ini import alembic_ini
+from chicory_backends.base import Backend
+from chicory_backends.codec import check_label, check_task_id
 from chicory_backends.config import AnyBackendConfig, SQLBackendConfig
 from chicory_backends.errors import (
     ChicoryBackendError,
@@ -38,14 +42,31 @@ from chicory_backends.factory import (
     require_driver,
     resolve_kind,
 )
+from chicory_backends.history import (
+    DEFAULT_PAGE_SIZE,
+    MAX_PAGE_SIZE,
+    check_state,
+    check_window,
+    decode_cursor,
+    parse_age,
+)
 from chicory_backends.sql.backend import DatabaseBackend
 from chicory_backends.sql.drivers import driver_for
 from chicory_backends.sql.engine import translate_error
 from chicory_backends.sql.maintenance import Progress
 from chicory_backends.sql.migrate import alembic_config, database_revision
-from chicory_backends.types import BackendStatus, BackendType, WorkerStats
+from chicory_backends.types import (
+    BackendStatus,
+    BackendType,
+    TaskPage,
+    TaskRecord,
+    TaskState,
+    TaskSummary,
+    WorkerStats,
+)
 
 PROG = "chicory-backends"
+T = TypeVar("T")
 EXIT_OK = 0
 EXIT_RUNTIME = 1
 EXIT_CONFIG = 2
@@ -114,6 +135,77 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
     return value
+
+
+# A moment of --since/--until: an age before now ("1h") or an ISO 8601 time (UTC if no zone).
+Moment = timedelta | datetime
+
+
+def moment(text: str) -> Moment:
+    try:
+        return parse_age(text)
+    except OverflowError:
+        raise argparse.ArgumentTypeError(f"{text!r} is too long ago") from None
+    except ValueError:
+        pass
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither an age like 90s, 15m, 1h, 7d nor an ISO 8601 time"
+        ) from None
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+
+
+def resolve_moment(option: str, value: Moment | None, now: datetime) -> datetime | None:
+    """The UTC time ``value`` means at ``now``: an age counts back from ``now``."""
+    if value is None or isinstance(value, datetime):
+        return value
+    try:
+        return now - value
+    except OverflowError:
+        age = describe_duration(value.total_seconds())
+        raise ConfigurationError(f"{option}: {age} ago is before year 1") from None
+
+
+def resolve_window(
+    args: argparse.Namespace, now: datetime
+) -> tuple[datetime | None, datetime | None]:
+    since = resolve_moment("--since", args.since, now)
+    until = resolve_moment("--until", args.until, now)
+    try:
+        return check_window(since, until)
+    except ValueError as error:
+        raise ConfigurationError(f"--since/--until: {error}") from None
+
+
+def page_size(text: str) -> int:
+    value = positive_int(text)
+    if value > MAX_PAGE_SIZE:
+        raise argparse.ArgumentTypeError(f"{text!r} is over the page limit of {MAX_PAGE_SIZE}")
+    return value
+
+
+def _checked(check: Callable[[str], object]) -> Callable[[str], str]:
+    """An argparse type from one of the library's checks: its ValueError, one line."""
+
+    def convert(text: str) -> str:
+        try:
+            check(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+        return text
+
+    return convert
+
+
+def task_state(text: str) -> TaskState:
+    try:
+        state = check_state(text.upper())
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    assert state is not None
+    return state
 
 
 class _Parser(argparse.ArgumentParser):
@@ -185,12 +277,63 @@ def build_parser() -> argparse.ArgumentParser:
     )
     health.set_defaults(handler=run_health)
 
-    stats = commands.add_parser("stats", parents=common, help="results per state, age, expiry")
+    tasks = commands.add_parser(
+        "tasks", parents=common, help="task history, newest first, one page at a time"
+    )
+    tasks.add_argument("--state", type=task_state, help="only tasks in this state")
+    tasks.add_argument("--name", type=_checked(lambda v: check_label("name", v)))
+    tasks.add_argument(
+        "--worker", type=_checked(lambda v: check_label("worker_id", v)), help="worker id"
+    )
+    _window_options(tasks, since_default=None)
+    tasks.add_argument(
+        "--limit",
+        type=page_size,
+        default=DEFAULT_PAGE_SIZE,
+        metavar="N",
+        help=f"tasks per page, at most {MAX_PAGE_SIZE}",
+    )
+    tasks.add_argument(
+        "--cursor",
+        type=_checked(decode_cursor),
+        help="where the page starts: the cursor printed after the previous page",
+    )
+    tasks.set_defaults(handler=run_tasks)
+
+    task = commands.add_parser(
+        "task", parents=common, help="one task's whole record: result, error, traceback"
+    )
+    task.add_argument("task_id", type=_checked(check_task_id), metavar="ID")
+    task.set_defaults(handler=run_task)
+
+    stats = commands.add_parser(
+        "stats",
+        parents=common,
+        help="results per state, age, expiry; per task name: counts, failure rate, runtimes",
+    )
+    _window_options(stats, since_default="24h")
     stats.set_defaults(handler=run_stats)
 
     workers = commands.add_parser("workers", parents=common, help="active workers (heartbeats)")
     workers.set_defaults(handler=run_workers)
     return parser
+
+
+def _window_options(parser: argparse.ArgumentParser, since_default: str | None) -> None:
+    parser.add_argument(
+        "--since",
+        type=moment,
+        default=since_default,
+        metavar="AGE|TIME",
+        help="tasks created at or after: an age (90s, 15m, 1h, 7d) or an ISO 8601 time"
+        + (f" (default {since_default})" if since_default else ""),
+    )
+    parser.add_argument(
+        "--until",
+        type=moment,
+        metavar="AGE|TIME",
+        help="tasks created before: an age (10m) or an ISO 8601 time",
+    )
 
 
 # -- output --------------------------------------------------------------------------
@@ -220,6 +363,77 @@ def iso(moment: datetime | None) -> str | None:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.astimezone(UTC).isoformat()
+
+
+_SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def escaped(char: str) -> str:
+    """One character as an escape that both Python and bash's $'...' read back."""
+    code = ord(char)
+    if char in _SHORT_ESCAPES:
+        return _SHORT_ESCAPES[char]
+    if code < 0x80:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+
+
+def safe_text(value: object, keep: str = "") -> str:
+    """User data (task ids, names, errors) as inert text: every control, format or
+    separator character but those in ``keep`` escaped (\\n, \\x1b, \\u202e), so that
+    a value can neither start a line of its own nor send the terminal an escape."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() or char in keep else escaped(char) for char in text)
+
+
+def first_line(text: str | None, width: int = 60) -> str:
+    if not text:
+        return "-"
+    line = text.strip().split("\n", 1)[0].strip()
+    return safe_text(line if len(line) <= width else line[: width - 3] + "...")
+
+
+def iso_seconds(moment: datetime | None) -> str:
+    if moment is None:
+        return "-"
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat(timespec="seconds")
+
+
+def seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}s"
+
+
+def percent(fraction: float | None) -> str:
+    return "-" if fraction is None else f"{fraction * 100:.1f}%"
+
+
+def shell_word(text: str) -> str:
+    """One argument of a command line to paste into a POSIX shell; bash's $'...' when
+    the text holds control characters, so that the command stays one line."""
+    if text.isprintable():
+        return shlex.quote(text)
+    body = "".join(
+        escaped(char) if not char.isprintable() else "\\" + char if char in "\\'" else char
+        for char in text
+    )
+    return f"$'{body}'"
+
+
+def masked_url(url: str) -> str:
+    """``url`` with its password, if it has one, replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+    except ValueError:
+        return "URL"
+    user = parts.username or ""
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 def describe_duration(seconds: float) -> str:
@@ -372,11 +586,160 @@ def run_health(args: argparse.Namespace, target: Target) -> int:
     return EXIT_RUNTIME
 
 
+# -- task history ------------------------------------------------------------------
+
+TASK_COLUMNS = ("TASK ID", "NAME", "STATE", "ATTEMPTS", "WORKER", "STARTED", "RUNTIME", "ERROR")
+
+
+def task_row(record: TaskRecord) -> list[object]:
+    return [
+        safe_text(record.task_id),
+        "-" if record.name is None else safe_text(record.name),
+        record.state.value,
+        record.attempts,
+        "-" if record.worker_id is None else safe_text(record.worker_id),
+        iso_seconds(record.started_at),
+        seconds(record.runtime),
+        first_line(record.error),
+    ]
+
+
+def next_page_command(
+    args: argparse.Namespace, since: datetime | None, until: datetime | None, cursor: str
+) -> str:
+    """The command line of the next page: the same filters, the window pinned to the
+    times this page used (an age would move), the cursor; the URL without its password."""
+    words = [PROG, "tasks"]
+    if args.url is not None:
+        words += ["--url", masked_url(args.url)]
+    for option, value in (
+        ("--state", args.state),
+        ("--name", args.name),
+        ("--worker", args.worker),
+    ):
+        if value is not None:
+            words += [option, str(value)]
+    for option, moment in (("--since", since), ("--until", until)):
+        if moment is not None:
+            words += [option, moment.isoformat()]
+    if args.limit != DEFAULT_PAGE_SIZE:
+        words += ["--limit", str(args.limit)]
+    words += ["--cursor", cursor]
+    return " ".join(shell_word(word) for word in words)
+
+
+async def with_backend(target: Target, call: Callable[[Backend], Awaitable[T]]) -> T:
+    """``call(backend)`` on a connected backend of the target; the backend's public
+    methods only (the history contract of base.Backend)."""
+    async with create_backend(target.kind, target.config) as backend:
+        return await call(backend)
+
+
+def run_tasks(args: argparse.Namespace, target: Target) -> int:
+    since, until = resolve_window(args, datetime.now(UTC))
+
+    async def page_of(backend: Backend) -> TaskPage:
+        return await backend.list_tasks(
+            state=args.state, name=args.name, worker_id=args.worker, since=since,
+            until=until, limit=args.limit, cursor=args.cursor,
+        )  # fmt: skip
+
+    page: TaskPage = asyncio.run(with_backend(target, page_of))
+    payload = {
+        "items": [record.model_dump(mode="json") for record in page.items],
+        "next_cursor": page.next_cursor,
+    }
+    if page.items:
+        text = render_table(TASK_COLUMNS, [task_row(record) for record in page.items])
+    else:
+        text = f"{target.label}: no tasks" + (" on this page" if args.cursor else "")
+    if page.next_cursor is not None:
+        text += f"\nnext page: {next_page_command(args, since, until, page.next_cursor)}"
+    emit(args, payload, text)
+    return EXIT_OK
+
+
+def json_text(value: object) -> str:
+    return safe_text(json.dumps(value, default=str, ensure_ascii=False))
+
+
+def describe_task(record: TaskRecord) -> str:
+    fields: list[tuple[str, object]] = [
+        ("task id", safe_text(record.task_id)),
+        ("name", "-" if record.name is None else safe_text(record.name)),
+        ("state", record.state.value),
+        ("queue", "-" if record.queue is None else safe_text(record.queue)),
+        ("worker", "-" if record.worker_id is None else safe_text(record.worker_id)),
+        ("attempts", record.attempts),
+        ("created", iso(record.created_at) or "-"),
+        ("enqueued", iso(record.enqueued_at) or "-"),
+        ("started", iso(record.started_at) or "-"),
+        ("finished", iso(record.finished_at) or "-"),
+        ("updated", iso(record.updated_at) or "-"),
+        ("runtime", seconds(record.runtime)),
+        ("args", "-" if record.args is None else json_text(record.args)),
+        ("result", json_text(record.result)),
+        ("error", "-" if record.error is None else safe_text(record.error)),
+    ]
+    width = len("traceback:")
+    lines = [f"{label + ':':<{width}} {value}" for label, value in fields]
+    if record.traceback:
+        # As it was stored, line by line; only escapes and other control characters
+        # are made visible (a stored traceback is data, not terminal commands).
+        lines.append("traceback:")
+        lines += [safe_text(line, keep="\t") for line in record.traceback.rstrip("\n").split("\n")]
+    else:
+        lines.append(f"{'traceback:':<{width}} -")
+    return "\n".join(lines)
+
+
+def run_task(args: argparse.Namespace, target: Target) -> int:
+    task_id: str = args.task_id
+    record = asyncio.run(with_backend(target, lambda backend: backend.get_task(task_id)))
+    if record is None:
+        fail(f"no task {safe_text(task_id)}")
+        return EXIT_RUNTIME
+    emit(args, record.model_dump(mode="json"), describe_task(record))
+    return EXIT_OK
+
+
 # -- stats ---------------------------------------------------------------------------
+
+SUMMARY_STATES = (
+    TaskState.PENDING, TaskState.STARTED, TaskState.RETRY, TaskState.SUCCESS,
+    TaskState.FAILURE, TaskState.DEAD_LETTERED,
+)  # fmt: skip
+SUMMARY_COLUMNS = ("NAME", "TOTAL", *SUMMARY_STATES, "FAILURE RATE", "P50", "P95", "MAX")
+
+
+def summary_row(summary: TaskSummary) -> list[object]:
+    return [
+        "(no name)" if summary.name is None else safe_text(summary.name),
+        summary.total,
+        *(summary.states.get(state, 0) for state in SUMMARY_STATES),
+        percent(summary.failure_rate),
+        seconds(summary.runtime_p50),
+        seconds(summary.runtime_p95),
+        seconds(summary.runtime_max),
+    ]
+
+
+async def storage_and_history(
+    config: SQLBackendConfig, since: datetime | None, until: datetime | None
+) -> tuple[Any, list[TaskSummary]]:
+    async with DatabaseBackend(config) as backend:
+        return await backend.result_stats(), await backend.task_summary(since=since, until=until)
+
+
+def describe_window(since: datetime | None, until: datetime | None) -> str:
+    start = "the start" if since is None else iso_seconds(since)
+    return f"tasks created from {start} until {'now' if until is None else iso_seconds(until)}"
 
 
 def run_stats(args: argparse.Namespace, target: Target) -> int:
-    stats = asyncio.run(DatabaseBackend(target.sql_config("stats")).result_stats())
+    config = target.sql_config("stats")
+    since, until = resolve_window(args, datetime.now(UTC))
+    stats, summaries = asyncio.run(storage_and_history(config, since, until))
     payload = {
         "backend": target.kind.value,
         "address": target.config.address(),
@@ -385,8 +748,16 @@ def run_stats(args: argparse.Namespace, target: Target) -> int:
         "expired_not_reclaimed": stats.expired,
         "oldest_updated_at": iso(stats.oldest),
         "newest_updated_at": iso(stats.newest),
+        "since": iso(since),
+        "until": iso(until),
+        "tasks": [summary.model_dump(mode="json") for summary in summaries],
     }
     rows = [*stats.by_state.items(), ("total", stats.total)]
+    history = (
+        render_table(SUMMARY_COLUMNS, [summary_row(summary) for summary in summaries])
+        if summaries
+        else "no tasks"
+    )
     text = "\n".join(
         [
             target.label,
@@ -394,6 +765,9 @@ def run_stats(args: argparse.Namespace, target: Target) -> int:
             f"expired, not yet reclaimed: {stats.expired}",
             f"oldest updated_at: {iso(stats.oldest) or '-'}",
             f"newest updated_at: {iso(stats.newest) or '-'}",
+            "",
+            f"{describe_window(since, until)}:",
+            history,
         ]
     )
     emit(args, payload, text)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
@@ -258,36 +258,103 @@ def decode_stats(worker_id: str, text: str | bytes) -> WorkerStats:
         raise CorruptResultError(worker_id, f"invalid heartbeat ({exc})") from None
 
 
-# -- the Redis document: {"state", "result" (JSON text), "error", "traceback"} -----------
+# -- the Redis document ------------------------------------------------------------------
+#
+# One JSON object per task: "state", "attempts" (int), the texts "name", "queue",
+# "worker_id", "error", "traceback", "result" and "args" (both JSON text), and the times
+# "enqueued_at", "started_at", "finished_at", "created_at", "updated_at" as ISO-8601 text
+# (the store script re-encodes with cjson, which prints numbers with 14 significant
+# digits: a float timestamp would lose its microseconds). A field that is null is left
+# out. Documents written before the history ({"state", "result", "error", "traceback"},
+# nulls included) still read.
 
 _document_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+_DOCUMENT_TEXTS = ("name", "queue", "worker_id", "error", "traceback", "result", "args")
+_DOCUMENT_TIMES = ("enqueued_at", "started_at", "finished_at", "created_at", "updated_at")
+# What a document without times (one written before the history) reads as.
+UNKNOWN_TIME = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def encode_document(task_id: str, result: TaskResult, max_bytes: int | None) -> bytes:
-    """The stored JSON of one task; raises before any I/O when it cannot round-trip."""
-    doc = {
-        "state": TaskState(result.state).value,
-        "result": encode_value(task_id, result.result, max_bytes),
-        "error": check_text(task_id, "error", result.error),
-        "traceback": check_text(task_id, "traceback", result.traceback),
-    }
+def _document_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat(timespec="microseconds")
+    if isinstance(value, TaskState):
+        return value.value
+    return value
+
+
+def _encode_document_fields(task_id: str, fields: Mapping[str, Any]) -> bytes:
+    doc = {name: _document_value(value) for name, value in fields.items() if value is not None}
     try:
         return _document_encoder.encode(doc).encode()
     except (TypeError, ValueError) as exc:  # UnicodeEncodeError: a lone surrogate
         raise ResultNotSerializableError(task_id, str(exc)) from None
 
 
-def decode_document(task_id: str, raw: bytes | str) -> TaskResult:
+def encode_document(
+    task_id: str,
+    result: TaskResult,
+    max_bytes: int | None,
+    history: Mapping[str, Any] | None = None,
+) -> bytes:
+    """The JSON of one ``store_result`` write; raises before any I/O when it cannot
+    round-trip. ``history``: the write's other fields (history.write_fields, the times)."""
+    doc = {
+        **(history or {}),
+        "state": TaskState(result.state).value,
+        "result": encode_value(task_id, result.result, max_bytes),
+        "error": check_text(task_id, "error", result.error),
+        "traceback": check_text(task_id, "traceback", result.traceback),
+    }
+    return _encode_document_fields(task_id, doc)
+
+
+def encode_state_document(task_id: str, state: TaskState, history: Mapping[str, Any]) -> bytes:
+    """The JSON of one ``set_state`` write: the state and the history fields only (the
+    store script keeps the stored result, error and traceback)."""
+    return _encode_document_fields(task_id, {**history, "state": TaskState(state).value})
+
+
+def _load_document(task_id: str, raw: bytes | str) -> dict[str, Any]:
     try:
         doc = json.loads(raw)
     except (ValueError, RecursionError) as exc:
         raise CorruptResultError(task_id, f"invalid JSON ({exc})") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("state"), str):
         raise CorruptResultError(task_id, "not a result document")
+    return doc
+
+
+def decode_document(task_id: str, raw: bytes | str) -> TaskResult:
+    doc = _load_document(task_id, raw)
     texts = [doc.get(name) for name in ("result", "error", "traceback")]
     if not all(text is None or isinstance(text, str) for text in texts):
         raise CorruptResultError(task_id, "result, error and traceback must be text or null")
     return build_result(task_id, doc["state"], *texts)
+
+
+def decode_document_record(task_id: str, raw: bytes | str, *, whole: bool = True) -> TaskRecord:
+    """The TaskRecord of one stored document; ``whole=False`` leaves out result,
+    traceback and args (a page of list_tasks). A document written before the history
+    reads with attempts 0 and created_at/updated_at at ``UNKNOWN_TIME``."""
+    doc = _load_document(task_id, raw)
+    for name in (*_DOCUMENT_TEXTS, *_DOCUMENT_TIMES):
+        value = doc.get(name)
+        if value is not None and not isinstance(value, str):
+            raise CorruptResultError(task_id, f"{name} must be text or null")
+    attempts = doc.get("attempts")
+    if attempts is not None and (type(attempts) is not int or attempts < 0):
+        raise CorruptResultError(task_id, "attempts must be a non-negative int")
+    columns = ["task_id", "state", "attempts", *_DOCUMENT_TIMES, "name", "queue", "worker_id"]
+    columns.append("error")
+    if whole:
+        columns += ["result", "traceback", "args"]
+    row = [task_id, *(doc.get(name) for name in columns[1:])]
+    for name in ("created_at", "updated_at"):
+        position = columns.index(name)
+        if row[position] is None:
+            row[position] = UNKNOWN_TIME
+    return record_from_row(columns, row)
 
 
 # -- history records ---------------------------------------------------------------------

@@ -104,7 +104,74 @@ class _ServerSQLConfig(SQLBackendConfig):
         )
 
 
-class PostgresBackendConfig(_ServerSQLConfig):
+class _MultiHostSQLConfig(_ServerSQLConfig):
+    """A server that may be one of several (a primary and standbys, Galera nodes): each
+    listed in the URL's query, ``?host=h1:p1&host=h2:p2`` as SQLAlchemy's asyncpg dialect
+    spells it, or in ``hosts`` (``CHICORY_BACKEND_<KIND>_HOSTS=h1:p1,h2:p2``)."""
+
+    hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="host:port of each server, comma-separated, tried in order (fail-over); "
+        "replaces host and port, and the URL's host",
+    )
+
+    @field_validator("hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts_have_ports(cls, value: list[str]) -> list[str]:
+        # SQLAlchemy's asyncpg dialect needs a port with every host of several.
+        hosts = []
+        for entry in value:
+            host, colon, port = entry.rpartition(":")
+            if not colon or not host:
+                host, port = entry, str(cls.default_port)
+            if not host or not port.isdigit():
+                raise ValueError(f"hosts entry {entry!r} is not host or host:port")
+            hosts.append(f"{host}:{port}")
+        return hosts
+
+    def sqlalchemy_url(self) -> URL:
+        url = super().sqlalchemy_url()
+        if self.hosts:
+            url = URL.create(
+                url.drivername,
+                username=url.username,
+                password=url.password,
+                database=url.database,
+                query=url.query,
+            ).update_query_dict({"host": list(self.hosts)})
+        return url
+
+    def server_hosts(self) -> list[tuple[str, int]]:
+        """(host, port) of each listed server, in order; empty with a single server."""
+        servers = []
+        for entry in query_hosts(self.sqlalchemy_url()):
+            host, colon, port = entry.rpartition(":")
+            if not colon or not port.isdigit():
+                host, port = entry, str(self.default_port)
+            servers.append((host, int(port)))
+        return servers
+
+    def address(self) -> str:
+        hosts = query_hosts(self.sqlalchemy_url())
+        return ",".join(hosts) if hosts else super().address()
+
+
+def query_hosts(url: URL) -> list[str]:
+    """The ``host`` entries of a URL's query (several servers, or one given there)."""
+    value = url.query.get("host")
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
+class PostgresBackendConfig(_MultiHostSQLConfig):
     model_config = SettingsConfigDict(env_prefix="CHICORY_BACKEND_POSTGRES_")
     driver_name = "postgresql+asyncpg"
     default_port = 5432
@@ -114,9 +181,27 @@ class PostgresBackendConfig(_ServerSQLConfig):
         description="Transaction-pooling PgBouncer in front: no server-side prepared statements",
     )
     ssl: str | None = Field(default=None, description="asyncpg ssl mode, e.g. 'require'")
+    target_session_attrs: str | None = Field(
+        default=None,
+        description="Which of several servers to use (asyncpg's option); "
+        "'read-write' (the primary) when several are listed",
+    )
+
+    def sqlalchemy_url(self) -> URL:
+        """With several servers the session must be read-write unless
+        ``target_session_attrs`` (or the URL) says otherwise: a backend writes."""
+        url = super().sqlalchemy_url()
+        if self.target_session_attrs:
+            url = url.update_query_dict({"target_session_attrs": self.target_session_attrs})
+        elif len(query_hosts(url)) > 1 and "target_session_attrs" not in url.query:
+            url = url.update_query_dict({"target_session_attrs": "read-write"})
+        return url
 
 
-class MySQLBackendConfig(_ServerSQLConfig):
+class MySQLBackendConfig(_MultiHostSQLConfig):
+    """Several hosts (Galera nodes): each connection goes to the first that answers, in
+    the order listed (see sql/engine.py)."""
+
     model_config = SettingsConfigDict(env_prefix="CHICORY_BACKEND_MYSQL_")
     driver_name = "mysql+aiomysql"
     default_port = 3306
@@ -167,6 +252,12 @@ class RedisBackendConfig(_Settings):
     max_connections: int = Field(default=50, ge=1)
     pool_timeout: float = Field(default=10.0, gt=0)
     max_result_bytes: int | None = Field(default=None, ge=1)
+    history_size: int = Field(
+        default=100_000,
+        ge=0,
+        description="How many recent tasks the history index keeps (list_tasks, "
+        "task_summary); 0 = no index",
+    )
 
     @field_validator("sentinels", mode="before")
     @classmethod

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -218,7 +219,13 @@ def _name_order(name: str | None) -> tuple[bool, str]:
 def parse_age(text: str) -> timedelta:
     """``90s``, ``15m``, ``1h``, ``7d`` (the CLI's --since): a clear error for anything else."""
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-    value, unit = text[:-1], text[-1:].lower()
-    if unit not in units or not value.replace(".", "", 1).isdigit():
+    found = _AGE.fullmatch(text.strip().lower())
+    if found is None:
         raise ValueError(f"{text!r} is not an age like 90s, 15m, 1h or 7d")
-    return timedelta(seconds=float(value) * units[unit])
+    try:
+        return timedelta(seconds=float(found[1]) * units[found[2]])
+    except OverflowError:
+        raise ValueError(f"{text!r} is too long an age") from None
+
+
+_AGE = re.compile(r"([0-9]+(?:\.[0-9]+)?)([smhdw])", re.ASCII)

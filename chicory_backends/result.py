@@ -55,6 +55,13 @@ class AsyncResult:
         result = await self._backend().get_result(self.task_id)
         return TaskState.PENDING if result is None else result.state
 
+    async def exists(self) -> bool:
+        """Whether the backend knows the task at all: True from its first write on (with
+        ``track(app)``, the PENDING that ``delay()`` writes), False for an id nobody
+        dispatched (or whose result expired or was forgotten). ``state()`` cannot tell
+        these apart: it says PENDING for both."""
+        return await self._backend().get_result(self.task_id) is not None
+
     async def ready(self) -> bool:
         """True once the task is finished, whichever way."""
         return (await self.state()).is_terminal

@@ -10,12 +10,16 @@ from the environment the test sets:
 - ``E2E_NAMESPACE``: a prefix for every broker key and queue, so concurrent runs and
   leftovers of earlier ones never meet. Chicory 0.1.0 always publishes ``delay()`` and
   retries to the queue named "default", so a per-test queue name has to be made at the
-  broker level: the two subclasses below only rename the keys/queues.
+  broker level: the two subclasses below only rename the keys/queues;
+- ``E2E_TRACK=1``: ``track(app)`` (the task history), and ``E2E_RECORD_ARGS=1`` with it
+  records the arguments too. ``make_app(tracked=..., record_args=...)`` overrides both,
+  so a client can dispatch with and without arguments to the same worker.
 
 No ``from __future__ import annotations``: Chicory builds its argument models from the
 annotations at run time.
 """
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -29,7 +33,10 @@ from chicory import (
 from chicory.broker.base import Broker
 from chicory.broker.redis import RedisBroker
 
-from chicory_backends.chicory import chicory_backend
+from chicory_backends.chicory import chicory_backend, track
+
+# How long e2e.timeout lets its work run before asyncio.timeout cancels it.
+TIMEOUT_SECONDS = 0.05
 
 
 class NamespacedRedisBroker(RedisBroker):
@@ -72,7 +79,11 @@ def record(path: str, line: str) -> None:
         handle.write(line + "\n")
 
 
-def make_app() -> Chicory:
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "") == "1"
+
+
+def make_app(*, tracked: bool | None = None, record_args: bool | None = None) -> Chicory:
     config = ChicoryConfig()
     namespace = os.environ["E2E_NAMESPACE"]
     broker: Broker
@@ -108,6 +119,18 @@ def make_app() -> Chicory:
     async def record_line(path: str, line: str) -> None:
         record(path, line)
 
+    @app.task(name="e2e.timeout")
+    async def timeout(seconds: float) -> None:
+        # Fails with TimeoutError: the work takes longer than its own time limit.
+        async with asyncio.timeout(TIMEOUT_SECONDS):
+            await asyncio.sleep(seconds)
+
+    if tracked is None:
+        tracked = _flag("E2E_TRACK")
+    if record_args is None:
+        record_args = _flag("E2E_RECORD_ARGS")
+    if tracked:
+        track(app, record_args=record_args)
     return app
 
 

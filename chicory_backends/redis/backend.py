@@ -2,7 +2,13 @@
 
 Layout (``P`` is ``config.key_prefix``)::
 
-    P:result:<task_id>         JSON {"state", "result" (JSON text), "error", "traceback"}
+    P:result:<task_id>         JSON document of the task (codec.encode_document): "state",
+                               "result" (JSON text), "error", "traceback", and the
+                               history: "name", "queue", "worker_id", "attempts", "args"
+                               (JSON text), the times "enqueued_at", "started_at",
+                               "finished_at", "created_at", "updated_at" (ISO-8601 text)
+    P:history                  sorted set: task id -> created_at in integer microseconds
+                               since the epoch, the newest ``history_size`` tasks
     {P:workers}:hb:<worker_id> WorkerStats JSON, expires with the heartbeat TTL
     {P:workers}:index          sorted set: worker id -> heartbeat expiry (epoch seconds)
     P:done                     pub/sub channel: the task id, each time a terminal state is written
@@ -14,6 +20,29 @@ read is one MGET. Result keys carry no tag and spread over the cluster.
 Waiting (``wait_for_result``) is pushed, not polled: the store script PUBLISHes the task
 id in the same atomic step that writes a terminal state, and the shared Listener
 (waiting.py) keeps ONE subscribed connection per backend (listener.py).
+
+History (``get_task``, ``list_tasks``, ``task_summary``). Every write merges into the
+task's document by the rules of the SQL backends (the store script, ``_STORE_LUA``).
+``get_task`` is one GET. ``list_tasks`` and ``task_summary`` read the recent-history
+index ``P:history``, so they reach back over the newest ``history_size`` tasks (default
+100,000; 0 = no index, and both find nothing) and, of those, only the ones whose result
+key still lives: a result expires ``result_ttl`` seconds after its last write, and then
+leaves the history too. Filters other than the time window are applied while walking
+the index newest first, so a filter that matches few of the indexed tasks reads many
+documents. What the index costs: ``MEMORY USAGE`` of ``P:history`` with 100,000 members
+(Redis 7.0, skiplist encoding) is 13.6 MB for uuid4 task ids, 136 bytes per entry (104
+bytes for ~10-character ids); with the default ``history_size`` that is the most it
+holds. The result documents are extra fields in keys that exist anyway.
+
+The index entry is added by the store script, in the same atomic step as the write that
+creates the document: no extra command on a single node or Sentinel. On Cluster the
+index key is in another slot than the result keys, which a script cannot reach: there
+every batch of writes sends ONE extra command alongside the store scripts
+(``_INDEX_LUA``: ZADD NX of each write's task, then the trim; a no-op for the tasks
+already listed). On Cluster the entry's score is the time of the first write to reach
+the index, which can differ by a little from ``created_at``
+(writers racing, or a result written again after it expired); pages are ordered and
+their cursors positioned by the score, so they stay exact.
 """
 
 from __future__ import annotations
@@ -24,6 +53,8 @@ import logging
 import time
 from collections.abc import AsyncIterator, Hashable, Iterable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from redis.asyncio import RedisCluster
@@ -33,22 +64,38 @@ from chicory_backends import coalesce
 from chicory_backends.base import Backend, check_heartbeat_ttl
 from chicory_backends.coalesce import Coalescer
 from chicory_backends.codec import (
+    UNKNOWN_TIME,
     check_task_id,
     decode_document,
+    decode_document_record,
     decode_stats,
     encode_document,
+    encode_state_document,
     encode_stats,
 )
 from chicory_backends.config import RedisBackendConfig
 from chicory_backends.errors import CorruptResultError, NotConnectedError
+from chicory_backends.history import (
+    DEFAULT_PAGE_SIZE,
+    HistoryQuery,
+    Position,
+    check_window,
+    encode_cursor,
+    summarize,
+    write_fields,
+)
 from chicory_backends.redis import listener as subscription
 from chicory_backends.redis.connection import Client, Connector
 from chicory_backends.redis.listener import PubSubRefused
 from chicory_backends.types import (
     TERMINAL_STATES,
     BackendStatus,
+    TaskDetails,
+    TaskPage,
+    TaskRecord,
     TaskResult,
     TaskState,
+    TaskSummary,
     WorkerStats,
 )
 from chicory_backends.waiting import (
@@ -67,30 +114,85 @@ _LUA_TERMINAL = (
     "{" + ", ".join(f"[{json.dumps(s.value)}] = true" for s in sorted(TERMINAL_STATES)) + "}"
 )
 
-# KEYS[1] result key; ARGV[1] new state; ARGV[2] whole document, or "" to change only the
-# state (keeping result/error/traceback); ARGV[3] TTL in seconds, "0" = keep forever;
-# ARGV[4] the channel to PUBLISH the task id ARGV[5] on when the written state is terminal.
-# GET, check, SET and PUBLISH run as one script, so no late write can slip between them
-# and a waiter that reads a non-terminal state is sure to be sent the terminal one.
+
+def _lua_list(names: Iterable[str]) -> str:
+    return "{" + ", ".join(json.dumps(name) for name in names) + "}"
+
+
+# How a write merges with the stored document: exactly the SQL rules (sql/dialects.py
+# FILL_COLUMNS, KEEP_COLUMNS, _may_write), with created_at a fill as well (SQL sets it
+# at the insert only).
+_FILL = ("name", "queue", "enqueued_at", "args", "created_at")
+_KEEP = ("worker_id", "started_at")
+_REPLACED = ("state", "attempts", "updated_at", "finished_at")
+_REPLACED_BY_RESULT = ("result", "error", "traceback")
+
+# KEYS[1] result key; KEYS[2] (single node and Sentinel, history_size > 0) the history
+# index. ARGV[1] new state; ARGV[2] the write's document (nulls left out, see
+# codec.encode_document); ARGV[3] TTL in seconds, "0" = keep forever; ARGV[4] the channel
+# to PUBLISH the task id ARGV[5] on when the written state is terminal; ARGV[6] "r" for
+# store_result (replaces result, error, traceback) or "s" for set_state (keeps them);
+# ARGV[7] the index score (created_at in integer microseconds); ARGV[8] history_size.
+#
+# The guard: a terminal write always lands and a non-terminal one only over a
+# non-terminal document, and never a write of an older attempt (missing = 0). Fills
+# (_FILL) take the stored value when there is one, else the new one, and land even when
+# the guard refuses (then the key keeps its TTL: SET .. KEEPTTL); keeps (_KEEP) take the
+# new value unless it is missing, under the guard; the rest is replaced under the guard.
+# GET, merge, SET, ZADD and PUBLISH run as one script, so no late write can slip between
+# them and a waiter that reads a non-terminal state is sure to be sent the terminal one.
+# The index entry is added when the write creates the document (or gives created_at to a
+# document written before the history), and the index trimmed to its newest ARGV[8].
 # PUBLISH goes through pcall: a user whose ACL denies the channel still stores results
 # (the script returns 2 instead of 1; waiters then rely on RedisBackend.recheck_interval).
+# Returns 0 when the guard refused the write (even if fills landed), 1 when written.
 _STORE_LUA = f"""
 local terminal = {_LUA_TERMINAL}
+local fill, keep = {_lua_list(_FILL)}, {_lua_list(_KEEP)}
+local replaced, by_result = {_lua_list(_REPLACED)}, {_lua_list(_REPLACED_BY_RESULT)}
 local state, doc, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local null = cjson.null
+local function present(value) return value ~= nil and value ~= null end
+local new = cjson.decode(doc)
 local current = nil
 local old = redis.call('GET', KEYS[1])
 if old then
   local ok, decoded = pcall(cjson.decode, old)
   if ok and type(decoded) == 'table' then current = decoded end
 end
-if current and terminal[current.state] and not terminal[state] then
-  return 0
+local written, created = true, true
+if current then
+  created = not present(current.created_at)
+  local stored = tonumber(current.attempts) or 0
+  written = (terminal[state] or not terminal[current.state])
+    and (tonumber(new.attempts) or 0) >= stored
+  local filled = false
+  for _, name in ipairs(fill) do
+    if not present(current[name]) and present(new[name]) then
+      current[name] = new[name]
+      filled = true
+    end
+  end
+  if written then
+    for _, name in ipairs(keep) do
+      if present(new[name]) then current[name] = new[name] end
+    end
+    for _, name in ipairs(replaced) do current[name] = new[name] end
+    if ARGV[6] == 'r' then
+      for _, name in ipairs(by_result) do current[name] = new[name] end
+    end
+    doc = cjson.encode(current)
+  elseif filled then
+    redis.call('SET', KEYS[1], cjson.encode(current), 'KEEPTTL')
+  end
 end
-if doc == '' then
-  current = current or {{}}
-  current.state = state
-  doc = cjson.encode(current)
+if created and KEYS[2] then
+  redis.call('ZADD', KEYS[2], ARGV[7], ARGV[5])
+  local size = tonumber(ARGV[8])
+  local count = redis.call('ZCARD', KEYS[2])
+  if count > size then redis.call('ZREMRANGEBYRANK', KEYS[2], 0, count - size - 1) end
 end
+if not written then return 0 end
 if ttl > 0 then
   redis.call('SET', KEYS[1], doc, 'EX', ttl)
 else
@@ -102,6 +204,63 @@ if terminal[state] and ARGV[4] then
 end
 return 1
 """
+
+# Cluster only: the history index lives in another slot than the result keys, so the
+# store script cannot touch it; every batch of writes sends this alongside, one call for
+# the whole batch (the one extra command of the history, and only there).
+# KEYS[1] the index; ARGV[1] history_size, then (task id, score) pairs. NX: the time of
+# the first write stays.
+_INDEX_LUA = """
+local added = 0
+for i = 2, #ARGV, 2 do
+  added = added + redis.call('ZADD', KEYS[1], 'NX', ARGV[i + 1], ARGV[i])
+end
+if added > 0 then
+  local size = tonumber(ARGV[1])
+  local count = redis.call('ZCARD', KEYS[1])
+  if count > size then redis.call('ZREMRANGEBYRANK', KEYS[1], 0, count - size - 1) end
+end
+return added
+"""
+
+_MICROSECOND = timedelta(microseconds=1)
+# Documents fetched per MGET when listing or summarising the history.
+_SUMMARY_CHUNK = 1000
+
+
+def _score_of(when: datetime) -> int:
+    """A time as the index score: integer microseconds since the epoch (exact in a double)."""
+    return (when - UNKNOWN_TIME) // _MICROSECOND
+
+
+def _time_of(score: float) -> datetime:
+    return UNKNOWN_TIME + timedelta(microseconds=int(score))
+
+
+def _entries(members: Any) -> list[tuple[str, int]]:
+    """(task id, score) from a WITHSCORES range: ids as text, scores as exact ints."""
+    return [
+        (member.decode() if isinstance(member, bytes) else str(member), int(score))
+        for member, score in members
+    ]
+
+
+def _matches(record: TaskRecord, query: HistoryQuery) -> bool:
+    return (
+        (query.state is None or record.state is query.state)
+        and (query.name is None or record.name == query.name)
+        and (query.worker_id is None or record.worker_id == query.worker_id)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Write:
+    """One write as the coalescer carries it: the store script's keys and arguments, and
+    on Cluster the index script's arguments (None when the write adds no index entry)."""
+
+    keys: list[str]
+    args: list[Any]
+    index: list[Any] | None
 
 
 class RedisBackend(Backend):
@@ -126,9 +285,12 @@ class RedisBackend(Backend):
         self._workers_tag = f"{{{prefix}:workers}}"
         self._index_key = f"{self._workers_tag}:index"
         self._channel = f"{prefix}:done"
+        self._history_key = f"{prefix}:history"
+        self._history_size = self.config.history_size
         self._ttl = str(self.config.result_ttl)
         self._client: Client | None = None
         self._store: AsyncScript | None = None
+        self._index: AsyncScript | None = None
         self._connecting = asyncio.Lock()
         # Cluster nodes raise instead of waiting when their pool is full; this makes
         # bursts wait there too, as the blocking pool does on the other modes.
@@ -139,7 +301,7 @@ class RedisBackend(Backend):
         self._listen_attempts = 0
         self._pubsub_refused: str | None = None
         self._publish_refused = False  # warned once that stores cannot announce results
-        self._write_calls: Coalescer[tuple[str, list[Any]], None] = coalesce.writes(
+        self._write_calls: Coalescer[_Write, None] = coalesce.writes(
             self._store_one, self._store_batch
         )
         # Looked up at each call, so a wrapped get_results (a test's, a tracer's) sees them.
@@ -164,11 +326,14 @@ class RedisBackend(Backend):
                     if isinstance(client, RedisCluster):
                         await client.initialize()
                     await client.script_load(_STORE_LUA)
+                    if isinstance(client, RedisCluster) and self._history_size:
+                        await client.script_load(_INDEX_LUA)
             except BaseException:
                 await self._connector.close(client)
                 raise
             self._client = client
             self._store = client.register_script(_STORE_LUA)
+            self._index = client.register_script(_INDEX_LUA)
             if isinstance(client, RedisCluster):
                 self._slots = asyncio.Semaphore(self.config.max_connections)
 
@@ -211,35 +376,77 @@ class RedisBackend(Backend):
     def _result_key(self, task_id: str) -> str:
         return self._result_prefix + check_task_id(task_id)
 
-    async def _run_store(self, key: str, task_id: str, state: TaskState, doc: bytes) -> None:
-        args = [state.value, doc, self._ttl, self._channel, task_id]
-        await self._write_calls.submit(None, task_id, (key, args), len(doc))
+    def _write(
+        self, key: str, task_id: str, state: TaskState, kind: str, doc: bytes, now: datetime
+    ) -> _Write:
+        """A write's store script call (``_STORE_LUA``: keys and arguments) and, on Cluster,
+        its index entry."""
+        score = _score_of(now)
+        args = [
+            state.value,
+            doc,
+            self._ttl,
+            self._channel,
+            task_id,
+            kind,
+            score,
+            self._history_size,
+        ]
+        keys, index = [key], None
+        if self._history_size:
+            if self.mode != "redis-cluster":
+                keys.append(self._history_key)
+            else:
+                index = [task_id, score]
+        return _Write(keys, args, index)
 
-    async def _store_one(self, _group: Hashable, call: tuple[str, list[Any]]) -> None:
-        key, args = call
+    async def _store_one(self, _group: Hashable, call: _Write) -> None:
         async with self._io() as client:
-            assert self._store is not None
-            self._stored(await self._store(keys=[key], args=args, client=client))
+            assert self._store is not None and self._index is not None
+            if call.index is None:
+                self._stored(await self._store(keys=call.keys, args=call.args, client=client))
+                return
+            written, _ = await asyncio.gather(
+                self._store(keys=call.keys, args=call.args, client=client),
+                self._index(
+                    keys=[self._history_key], args=[self._history_size, *call.index], client=client
+                ),
+            )
+            self._stored(written)
 
     async def _store_batch(
-        self, _group: Hashable, calls: list[tuple[str, list[Any]]]
+        self, _group: Hashable, calls: list[_Write]
     ) -> list[BaseException | None]:
         """Concurrent writes as one pipeline: one round trip, each script still atomic on
         its own key. A script the server refuses fails its own call only. Cluster
         pipelines split by node and cannot load scripts, so there the calls go at once,
-        one script each."""
-        assert self._store is not None
-        store = self._store
+        one script each, and one index script for the whole batch."""
+        assert self._store is not None and self._index is not None
+        store, index = self._store, self._index
         async with self._io() as client:
             if isinstance(client, RedisCluster):
-                answers = await asyncio.gather(
-                    *(store(keys=[key], args=args, client=client) for key, args in calls),
+                entries = [part for call in calls if call.index for part in call.index]
+                indexing = []
+                if entries:
+                    args = [self._history_size, *entries]
+                    indexing.append(index(keys=[self._history_key], args=args, client=client))
+                sent: list[Any] = await asyncio.gather(
+                    *(store(keys=call.keys, args=call.args, client=client) for call in calls),
+                    *indexing,
                     return_exceptions=True,
                 )
+                answers = sent[: len(calls)]
+                # When the index entries failed, so do their writes (written again, added).
+                failed = sent[len(calls)] if entries else None
+                if isinstance(failed, BaseException):
+                    answers = [
+                        failed if call.index and not isinstance(answer, BaseException) else answer
+                        for call, answer in zip(calls, answers, strict=True)
+                    ]
             else:
                 pipe = client.pipeline(transaction=False)
-                for key, args in calls:
-                    await store(keys=[key], args=args, client=pipe)
+                for call in calls:
+                    await store(keys=call.keys, args=call.args, client=pipe)
                 answers = await pipe.execute(raise_on_error=False)
         outcomes: list[BaseException | None] = []
         for answer in answers:
@@ -261,21 +468,49 @@ class RedisBackend(Backend):
                 self.recheck_interval,
             )
 
-    async def set_state(self, task_id: str, state: TaskState) -> None:
-        """Change only the state; refused when it would replace a terminal one.
-
-        A terminal state wakes the waiters of the task, here and in every other process.
-        """
-        await self._run_store(self._result_key(task_id), task_id, TaskState(state), b"")
-
-    async def store_result(self, task_id: str, result: TaskResult) -> None:
-        """Write state, result, error and traceback together, with the result TTL.
+    async def set_state(
+        self, task_id: str, state: TaskState, details: TaskDetails | None = None
+    ) -> None:
+        """Change the state and the history fields, keeping result, error and traceback;
+        refused when it would replace a terminal state or a newer attempt's write.
 
         A terminal state wakes the waiters of the task, here and in every other process.
         """
         key = self._result_key(task_id)
-        doc = encode_document(task_id, result, self.config.max_result_bytes)
-        await self._run_store(key, task_id, TaskState(result.state), doc)
+        state = TaskState(state)
+        now = datetime.now(UTC)
+        history = self._history_fields(task_id, state, details, now)
+        doc = encode_state_document(task_id, state, history)
+        await self._write_calls.submit(
+            None, task_id, self._write(key, task_id, state, "s", doc, now), len(doc)
+        )
+
+    async def store_result(
+        self, task_id: str, result: TaskResult, details: TaskDetails | None = None
+    ) -> None:
+        """Write state, result, error, traceback and the history fields together, with
+        the result TTL.
+
+        A terminal state wakes the waiters of the task, here and in every other process.
+        """
+        key = self._result_key(task_id)
+        state = TaskState(result.state)
+        now = datetime.now(UTC)
+        history = self._history_fields(task_id, state, details, now)
+        doc = encode_document(task_id, result, self.config.max_result_bytes, history)
+        await self._write_calls.submit(
+            None, task_id, self._write(key, task_id, state, "r", doc, now), len(doc)
+        )
+
+    @staticmethod
+    def _history_fields(
+        task_id: str, state: TaskState, details: TaskDetails | None, now: datetime
+    ) -> dict[str, Any]:
+        return {
+            **write_fields(task_id, state, details, now),
+            "created_at": now,
+            "updated_at": now,
+        }
 
     async def get_result(self, task_id: str) -> TaskResult | None:
         self._result_key(task_id)  # an invalid id fails before any I/O
@@ -314,6 +549,124 @@ class RedisBackend(Backend):
         key = self._result_key(task_id)
         async with self._io() as client:
             await client.delete(key)
+
+    # -- history ----------------------------------------------------------------------
+
+    async def get_task(self, task_id: str) -> TaskRecord | None:
+        """One GET: the whole document, result and arguments decoded."""
+        key = self._result_key(task_id)
+        async with self._io() as client:
+            raw = await client.get(key)
+        return None if raw is None else decode_document_record(task_id, raw)
+
+    async def list_tasks(
+        self,
+        *,
+        state: TaskState | str | None = None,
+        name: str | None = None,
+        worker_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = DEFAULT_PAGE_SIZE,
+        cursor: str | None = None,
+    ) -> TaskPage:
+        """The history index newest first, in chunks (ZREVRANGEBYSCORE .. LIMIT, then one
+        MGET of the chunk's documents), filtered here, until ``limit + 1`` match or the
+        index ends. Expired documents are left out. A position is the index score and
+        the task id: equal scores come in reverse byte order of the ids, which is the
+        page order (created_at, task_id descending)."""
+        query = HistoryQuery.of(
+            state=state, name=name, worker_id=worker_id, since=since, until=until,
+            limit=limit, cursor=cursor,
+        )  # fmt: skip
+        chunk = max(2 * query.limit, 100)
+        # The walk: scores at most ``high`` (below it when exclusive), skipping ``offset``
+        # members of score ``high`` already seen, and at the cursor's score the ids at
+        # or after the cursor's.
+        high: int | None = None
+        exclusive = False
+        skip_from: str | None = None
+        if query.until is not None:
+            high, exclusive = _score_of(query.until), True
+        after = query.after
+        if after is not None:
+            at = _score_of(after.created_at)
+            if high is None or at < high or (at == high and not exclusive):
+                high, exclusive, skip_from = at, False, after.task_id
+            # else the cursor lies beyond ``until``: the window's bound is the tighter one
+        low = "-inf" if query.since is None else str(_score_of(query.since))
+        offset = 0
+        matched: list[tuple[TaskRecord, int]] = []
+        while len(matched) <= query.limit:
+            top = "+inf" if high is None else f"({high}" if exclusive else str(high)
+            async with self._io() as client:
+                members = await client.zrevrangebyscore(
+                    self._history_key, top, low, start=offset, num=chunk, withscores=True
+                )
+            if not members:
+                break
+            entries = _entries(members)
+            candidates = [
+                entry
+                for entry in entries
+                if not (skip_from is not None and entry[1] == high and entry[0] >= skip_from)
+            ]
+            for record, score in await self._records(candidates, whole=False):
+                if _matches(record, query):
+                    matched.append((record, score))
+                    if len(matched) > query.limit:
+                        break
+            if len(members) < chunk:
+                break
+            last_score = entries[-1][1]
+            if last_score == high and not exclusive:
+                offset += len(entries)
+            else:
+                high, exclusive = last_score, False
+                offset = sum(1 for _member, score in entries if score == last_score)
+                skip_from = None
+        items = [record for record, _score in matched[: query.limit]]
+        next_cursor = None
+        if len(matched) > query.limit:
+            last, score = matched[query.limit - 1]
+            next_cursor = encode_cursor(Position(_time_of(score), last.task_id))
+        return TaskPage(items=items, next_cursor=next_cursor)
+
+    async def task_summary(
+        self, *, since: datetime | None = None, until: datetime | None = None
+    ) -> list[TaskSummary]:
+        """ZRANGEBYSCORE of the window on the history index, the documents by MGETs of
+        a thousand, and the summary built here (history.summarize)."""
+        since, until = check_window(since, until)
+        low = "-inf" if since is None else str(_score_of(since))
+        high = "+inf" if until is None else f"({_score_of(until)}"
+        async with self._io() as client:
+            members = await client.zrangebyscore(self._history_key, low, high, withscores=True)
+        entries = _entries(members)
+        rows: list[tuple[str | None, TaskState, float | None]] = []
+        for start in range(0, len(entries), _SUMMARY_CHUNK):
+            found = await self._records(entries[start : start + _SUMMARY_CHUNK], whole=False)
+            rows.extend((record.name, record.state, record.runtime) for record, _ in found)
+        return summarize(rows)
+
+    async def _records(
+        self, entries: list[tuple[str, int]], *, whole: bool
+    ) -> list[tuple[TaskRecord, int]]:
+        """The records of index entries (task id, score) in their order, by one MGET (one
+        per slot on Cluster); entries whose document expired or was deleted are left out."""
+        if not entries:
+            return []
+        keys = [self._result_prefix + task_id for task_id, _score in entries]
+        async with self._io() as client:
+            if isinstance(client, RedisCluster):
+                raws = await client.mget_nonatomic(keys)
+            else:
+                raws = await client.mget(keys)
+        return [
+            (decode_document_record(task_id, raw, whole=whole), score)
+            for (task_id, score), raw in zip(entries, raws, strict=True)
+            if raw is not None
+        ]
 
     # -- waiting ----------------------------------------------------------------------
 

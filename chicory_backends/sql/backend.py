@@ -18,12 +18,12 @@ from chicory_backends.base import Backend, check_heartbeat_ttl
 from chicory_backends.coalesce import Coalescer
 from chicory_backends.codec import (
     build_result,
-    record_from_row,
     check_task_id,
     check_text,
     decode_stats,
     encode_stats,
     encode_value,
+    record_from_row,
 )
 from chicory_backends.config import PostgresBackendConfig, SQLBackendConfig
 from chicory_backends.errors import (
@@ -32,6 +32,16 @@ from chicory_backends.errors import (
     DatabaseError,
     NotConnectedError,
     SchemaNotReadyError,
+)
+from chicory_backends.history import (
+    DEFAULT_PAGE_SIZE,
+    HistoryQuery,
+    Position,
+    check_window,
+    encode_cursor,
+    rank_of,
+    summary_of,
+    write_fields,
 )
 from chicory_backends.sql import maintenance
 from chicory_backends.sql.compiled import DriverStatement, compile_for_driver
@@ -52,16 +62,6 @@ from chicory_backends.sql.maintenance import Progress
 from chicory_backends.sql.migrate import current_revision, upgrade_in_process
 from chicory_backends.sql.notify import WaiterRegistry, connect_listener
 from chicory_backends.sql.schema import SCHEMA_REVISION
-from chicory_backends.history import (
-    DEFAULT_PAGE_SIZE,
-    HistoryQuery,
-    Position,
-    check_window,
-    encode_cursor,
-    rank_of,
-    summary_of,
-    write_fields,
-)
 from chicory_backends.types import (
     BackendStatus,
     TaskDetails,
@@ -290,9 +290,9 @@ class DatabaseBackend(Backend):
         last = items[-1] if more else None
         return TaskPage(
             items=items,
-            next_cursor=None if last is None else encode_cursor(
-                Position(last.created_at, last.task_id)
-            ),
+            next_cursor=None
+            if last is None
+            else encode_cursor(Position(last.created_at, last.task_id)),
         )
 
     async def task_summary(

@@ -14,13 +14,13 @@ from typing import Any
 
 from sqlalchemy import (
     Column,
-    Integer,
-    Text,
-    and_,
     ColumnElement,
     Executable,
+    Integer,
     String,
     Table,
+    Text,
+    and_,
     any_,
     bindparam,
     case,
@@ -131,9 +131,7 @@ def _may_write(old: Callable[[str], Any], new: Callable[[str], Any]) -> Any:
     )
 
 
-def _merged(
-    name: str, old: Callable[[str], Any], new: Callable[[str], Any], guarded: bool
-) -> Any:
+def _merged(name: str, old: Callable[[str], Any], new: Callable[[str], Any], guarded: bool) -> Any:
     """The value column ``name`` takes when a write meets a stored row (see FILL_COLUMNS)."""
     if not guarded:
         return new(name)
