@@ -43,13 +43,15 @@ REPO = Path(__file__).resolve().parent.parent
 CHICORY_CLI = "import sys; from chicory.cli import app; sys.argv[0] = 'chicory'; sys.exit(app())"
 BROKERS = ("redis", "rabbitmq")
 BROKER_LABELS = {"redis": "Redis", "rabbitmq": "RabbitMQ"}
-# "tracked": ours with track(app) in the worker and the client (the task history).
-ROLES = ("ours", "tracked", "chicory")
+# "tracked": ours with track(app) in the worker and the client (the task history: one
+# more write per dispatch); "tracked-worker": in the worker only (its own path).
+ROLES = ("ours", "tracked-worker", "tracked", "chicory")
 ROLE_LABELS = {
-    "ours": "ours", "tracked": "ours + track(app)", "chicory": "Chicory 0.1.0",
+    "ours": "ours", "tracked-worker": "ours + track(app) in the worker",
+    "tracked": "ours + track(app)", "chicory": "Chicory 0.1.0",
     "none": "no backend (ceiling)",
 }  # fmt: skip
-OURS_ROLES = ("ours", "tracked")
+OURS_ROLES = ("ours", "tracked-worker", "tracked")
 TERMINAL = {"SUCCESS", "FAILURE", "DEAD_LETTERED"}
 Y_OFFSET = 1_000_000  # add(i, Y_OFFSET + i): every expected value differs
 
@@ -81,7 +83,7 @@ class Settings:
 class Case:
     broker: str
     kind: str | None  # None: the worker has no backend
-    role: str  # "ours" | "tracked" | "chicory" | "none"
+    role: str  # one of ROLES, or "none"
 
     @property
     def spec(self) -> str:
@@ -517,6 +519,7 @@ async def run_case(
         if app.backend is not None:
             await read_back(app.backend, warm, settings.readers, 60.0, settings.stall)
         before = await _readings(case, storage, counters, connects_file, settle=True)
+        commits_before = await _commits(case, storage, counters)
 
         expected: list[tuple[str, int]] = []
         started = time.perf_counter()
@@ -536,6 +539,7 @@ async def run_case(
             )
         finished = time.perf_counter()
         after = await _readings(case, storage, counters, connects_file, settle=True)
+        commits_after = await _commits(case, storage, counters)
 
         elapsed = finished - started
         record.update({
@@ -551,6 +555,12 @@ async def run_case(
             "wrong": [] if checked is None else checked.wrong,
             "worker_concurrency": worker.concurrency(),
             "sessions": _session_figures(case, storage, servers, before, after),
+            # PostgreSQL: commits per task (the server's count, worker and client alike).
+            "commits_per_task": (
+                None
+                if commits_before is None or commits_after is None
+                else (commits_after - commits_before) / settings.tasks
+            ),
             "startup_sessions": _session_figures(case, storage, servers, boot, before),
         })  # fmt: skip
         figures = record["sessions"]
@@ -581,6 +591,12 @@ async def run_case(
         else:
             record["run_dir"] = str(run_dir)
     return record
+
+
+async def _commits(case: Case, storage: Storage, counters: sessions.ServerCounters) -> int | None:
+    if case.kind != "postgres" or storage.database is None:
+        return None
+    return await counters.postgres_commits(storage.database)
 
 
 async def _cleanup(
@@ -615,7 +631,10 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
     summary["runs"] = runs
     summary["error"] = None if good else first["error"]
-    for key in ("tasks_per_s", "executed_per_s", "publish_s", "readback_s", "sessions_per_1k"):
+    for key in (
+        "tasks_per_s", "executed_per_s", "publish_s", "readback_s", "sessions_per_1k",
+        "commits_per_task",
+    ):  # fmt: skip
         summary[key] = _median([r[key] for r in good if r.get(key) is not None])
     for key in ("server", "backend_connects", "backend_connects_worker", "redis_server"):
         summary[f"sessions_{key}"] = _median(
@@ -642,9 +661,11 @@ def ratios(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
             ours = figure.get("ours", {}).get("tasks_per_s")
             chicory = figure.get("chicory", {}).get("tasks_per_s")
             tracked = figure.get("tracked", {}).get("tasks_per_s")
+            in_worker = figure.get("tracked-worker", {}).get("tasks_per_s")
             rows.append({
                 "broker": broker, "kind": kind, "ours": ours, "chicory": chicory,
                 "tracked": tracked, "tracked_vs_ours": _ratio(tracked, ours),
+                "tracked_worker": in_worker, "tracked_worker_vs_ours": _ratio(in_worker, ours),
                 "ceiling": ceiling,
                 "ours_vs_ceiling": _ratio(ours, ceiling),
                 "chicory_vs_ceiling": _ratio(chicory, ceiling),
@@ -744,9 +765,10 @@ def _cell(summary: dict[str, Any], text: str) -> str:
 def summary_table(report: dict[str, Any]) -> list[str]:
     lines = [
         "| broker | backend | ours | Chicory 0.1.0 | no backend | ours / ceiling "
-        "| Chicory / ceiling | ours / Chicory | ours + track(app) (/ ours) "
-        "| sessions per 1k tasks: ours / tracked / Chicory |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| Chicory / ceiling | ours / Chicory | track(app) in the worker (/ ours) "
+        "| track(app) in worker and client (/ ours) "
+        "| sessions per 1k tasks: ours / worker tracked / both tracked / Chicory |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in report["ratios"]:
         per_1k = " / ".join(_count(row["sessions_per_1k"][r]) for r in ROLES)
@@ -754,6 +776,7 @@ def summary_table(report: dict[str, Any]) -> list[str]:
             f"| {BROKER_LABELS[row['broker']]} | {LABELS[row['kind']]} | {_num(row['ours'])} "
             f"| {_num(row['chicory'])} | {_num(row['ceiling'])} | {_x(row['ours_vs_ceiling'])} "
             f"| {_x(row['chicory_vs_ceiling'])} | {_x(row['ours_vs_chicory'])} "
+            f"| {_num(row.get('tracked_worker'))} ({_x(row.get('tracked_worker_vs_ours'))}) "
             f"| {_num(row.get('tracked'))} ({_x(row.get('tracked_vs_ours'))}) | {per_1k} |"
         )
     return lines
@@ -780,9 +803,11 @@ def _case_row(s: dict[str, Any]) -> list[str]:
             _connects(s),
             _count(startup),
         ]
+    commits = s.get("commits_per_task")
     figures = [
         _num(s["tasks_per_s"]), _num(s["executed_per_s"]), _num(s["publish_s"], 2),
         *backend[:5], _count(s["sessions_redis_server"]), backend[5],
+        "-" if commits is None else f"{commits:.2f}",
     ]  # fmt: skip
     return [_cell(s, text) for text in figures]
 
@@ -792,8 +817,9 @@ def cases_table(report: dict[str, Any]) -> list[str]:
         "| broker | backend | tasks/s | executed/s | publish s | read-back s | results checked "
         "| sessions (server) | per 1k tasks | connects (client-side): worker + client "
         "| Redis conns (server) "
-        "| startup sessions |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| startup sessions | commits per task (PostgreSQL) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+        "| ---: |",
     ]
     for s in report["cases"]:
         cells = " | ".join(_case_row(s))

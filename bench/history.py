@@ -289,9 +289,12 @@ async def queries(servers: Servers, kind: str, rows: int, calls: int) -> dict[st
             "get_task": lambda: backend.get_task("hist-123456"),
         }
         result: dict[str, Any] = {"rows": rows, "load_seconds": round(loaded, 1)}
+        cases.update(_dashboard_pages(backend))
+        # The no-match walk takes a second or more on MariaDB: fewer calls of it.
+        few = {"list_tasks(state=FAILURE, name), no match": max(1, calls // 10)}
         for label, call in cases.items():
             samples = []
-            for _ in range(calls):
+            for _ in range(few.get(label, calls)):
                 started = time.perf_counter()
                 await call()
                 samples.append(time.perf_counter() - started)
@@ -311,6 +314,34 @@ async def queries(servers: Servers, kind: str, rows: int, calls: int) -> dict[st
         await backend.disconnect()
     await env.recreate_database(servers, kind, DATABASE, create=False)
     return result
+
+
+def _dashboard_pages(backend: Any) -> dict[str, Any]:
+    """GETs of the dashboard's pages over the big table, in this process (httpx's ASGI
+    transport: the page's own work, no socket); none without the web extra."""
+    try:
+        import httpx
+
+        from chicory_backends.web import create_app
+    except ImportError:
+        return {}
+    client = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=create_app(backend), client=("127.0.0.1", 1)),
+        base_url="http://127.0.0.1",
+    )
+
+    def page(path: str) -> Any:
+        async def get() -> None:
+            response = await client.get(path)
+            assert response.status_code == 200, (path, response.status_code)
+
+        return get
+
+    return {
+        "dashboard GET /tasks": page("/tasks"),
+        "dashboard GET /tasks?state=FAILURE&name=…": page(f"/tasks?state=FAILURE&name={NAMES[12]}"),
+        "dashboard GET /task?id=…": page("/task?id=hist-123456"),
+    }
 
 
 # -- report ----------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bench import env
@@ -78,20 +79,36 @@ class ServerCounters:
             await self._redis.aclose()
 
     async def postgres_sessions(self, database: str) -> int | None:
+        return await self._postgres_stat("sessions", database)
+
+    async def postgres_commits(self, database: str, *, settle: bool = True) -> int | None:
+        """Transactions committed in ``database``: with autocommit, one per statement
+        the backends send (a coalesced batch is one), what the server did for the run."""
+        if not settle:
+            return await self._postgres_stat("xact_commit", database)
+        return await self._settled(lambda: self._postgres_stat("xact_commit", database))
+
+    async def _postgres_stat(self, column: str, database: str) -> int | None:
         if self._postgres is None:
             return None
         value = await self._postgres.fetchval(
-            "SELECT sessions FROM pg_stat_database WHERE datname = $1", database
+            f"SELECT {column} FROM pg_stat_database WHERE datname = $1", database
         )
         return None if value is None else int(value)
 
     async def settled_postgres(self, database: str, limit: float = 3.0) -> int | None:
         """The session count once two readings 0.25 s apart agree (at most ``limit`` s)."""
-        last = await self.postgres_sessions(database)
+        return await self._settled(lambda: self.postgres_sessions(database), limit)
+
+    @staticmethod
+    async def _settled(read: Callable[[], Awaitable[int | None]], limit: float = 3.0) -> int | None:
+        # A backend adds to the shared statistics when it goes idle (at most once a
+        # second): repeat until two readings 0.25 s apart agree.
+        last = await read()
         deadline = time.monotonic() + limit
         while time.monotonic() < deadline:
             await asyncio.sleep(0.25)
-            now = await self.postgres_sessions(database)
+            now = await read()
             if now == last:
                 break
             last = now

@@ -9,7 +9,8 @@ and the bench's client app (under the same variables), so both sides are configu
   publishes to the queue named "default", so a run of its own needs the names changed at
   the broker level (the subclasses below rename, nothing else);
 - ``BENCH_E2E_BACKEND``: ``none``, ``ours:<kind>`` (ours through ``chicory_backend()``),
-  ``tracked:<kind>`` (the same with ``track(app)``) or
+  ``tracked:<kind>`` (the same with ``track(app)``), ``tracked-worker:<kind>`` (with
+  ``track(app)`` in the worker process only) or
   ``chicory:<kind>`` (Chicory's own backend, built by Chicory from ``BackendType`` and its
   ``CHICORY_BACKEND_*`` settings, exactly as an app would get it);
 - ``BENCH_E2E_DONE_FILE``: the task appends one byte to it, so the file's size is the number
@@ -110,23 +111,27 @@ def make_app() -> Chicory:
         from chicory_backends.chicory import chicory_backend
 
         backend = chicory_backend(spec.removeprefix("ours:"))
-    elif spec.startswith("tracked:"):
+    elif spec.startswith(("tracked:", "tracked-worker:")):
         from chicory_backends.chicory import chicory_backend
 
-        backend = chicory_backend(spec.removeprefix("tracked:"))
+        backend = chicory_backend(spec.partition(":")[2])
     elif spec.startswith("chicory:"):
         backend = BackendType(spec.removeprefix("chicory:"))  # Chicory builds its own
     elif spec != "none":
         raise ValueError(
-            f"BENCH_E2E_BACKEND={spec!r}: none, ours:<kind>, tracked:<kind> or chicory:<kind>"
+            f"BENCH_E2E_BACKEND={spec!r}: none, ours:<kind>, tracked:<kind>, "
+            "tracked-worker:<kind> or chicory:<kind>"
         )
     # cast: Chicory's overloads pair a Broker instance with a Backend instance only, but
     # Chicory() itself takes a BackendType beside any broker.
     app = Chicory(broker=cast(Any, broker), backend=backend, config=config)
-    if spec.startswith("tracked:"):
+    # The task history: client and worker alike, or (tracked-worker) only in the worker
+    # process, the one that has a done file.
+    in_worker = bool(os.environ.get("BENCH_E2E_DONE_FILE"))
+    if spec.startswith("tracked:") or (spec.startswith("tracked-worker:") and in_worker):
         from chicory_backends.chicory import track
 
-        track(app)  # the task history: client and worker alike
+        track(app)
     signal = _Signal(os.environ.get("BENCH_E2E_DONE_FILE"))
 
     @app.task(name=TASK_NAME)

@@ -9,6 +9,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Self
 
+from chicory_backends.history import DEFAULT_PAGE_SIZE, HistoryQuery, check_window
 from chicory_backends.types import (
     BackendStatus,
     TaskDetails,
@@ -70,7 +71,6 @@ class Backend(ABC):
     async def get_task(self, task_id: str) -> TaskRecord | None:
         """The whole record of one task, with result, error, traceback and arguments."""
 
-    @abstractmethod
     async def list_tasks(
         self,
         *,
@@ -79,18 +79,36 @@ class Backend(ABC):
         worker_id: str | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
-        limit: int = 50,
+        limit: int = DEFAULT_PAGE_SIZE,
         cursor: str | None = None,
     ) -> TaskPage:
         """Tasks matching every filter given, newest first (by ``created_at``, in
         ``[since, until)``), one page of at most ``limit``. Pages are keyset pages: the
-        ``next_cursor`` of one page starts the next, stable while new tasks arrive."""
+        ``next_cursor`` of one page starts the next, stable while new tasks arrive.
+
+        Bad arguments raise ValueError naming the problem, before any I/O."""
+        query = HistoryQuery.of(
+            state=state, name=name, worker_id=worker_id, since=since, until=until,
+            limit=limit, cursor=cursor,
+        )  # fmt: skip
+        return await self.query_tasks(query)
 
     @abstractmethod
+    async def query_tasks(self, query: HistoryQuery) -> TaskPage:
+        """``list_tasks`` with its arguments checked: what each backend implements."""
+
     async def task_summary(
         self, *, since: datetime | None = None, until: datetime | None = None
     ) -> list[TaskSummary]:
         """One summary per task name of the tasks created in ``[since, until)``."""
+        since, until = check_window(since, until)
+        return await self.summarize_tasks(since, until)
+
+    @abstractmethod
+    async def summarize_tasks(
+        self, since: datetime | None, until: datetime | None
+    ) -> list[TaskSummary]:
+        """``task_summary`` with its window checked (aware, UTC, in order)."""
 
     @abstractmethod
     async def store_heartbeat(self, worker_id: str, stats: WorkerStats, ttl: int = 30) -> None: ...

@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import io
 import json
+import os
 import re
 import shlex
 import sys
@@ -316,7 +317,36 @@ def build_parser() -> argparse.ArgumentParser:
 
     workers = commands.add_parser("workers", parents=common, help="active workers (heartbeats)")
     workers.set_defaults(handler=run_workers)
+
+    dashboard = commands.add_parser(
+        "dashboard", parents=common, help="serve the web dashboard and /metrics (web extra)"
+    )
+    dashboard.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (loopback)")
+    dashboard.add_argument("--port", type=int, default=8000, help="default 8000")
+    dashboard.add_argument(
+        "--token",
+        default=os.environ.get("CHICORY_DASHBOARD_TOKEN"),
+        help="required for any host but loopback (default: $CHICORY_DASHBOARD_TOKEN)",
+    )
+    dashboard.add_argument(
+        "--allow-delete", action="store_true", help="offer a button that deletes a result"
+    )
+    dashboard.set_defaults(handler=run_dashboard_command)
     return parser
+
+
+def run_dashboard_command(args: argparse.Namespace, target: Target) -> int:
+    """Serve until interrupted; the dashboard asks the backend, never SQL (web/)."""
+    from chicory_backends.web.serve import run_dashboard
+
+    run_dashboard(
+        lambda: create_backend(target.kind, target.config),
+        host=args.host,
+        port=args.port,
+        token=args.token,
+        allow_delete=args.allow_delete,
+    )
+    return EXIT_OK
 
 
 def _window_options(parser: argparse.ArgumentParser, since_default: str | None) -> None:

@@ -258,6 +258,15 @@ class RedisBackendConfig(_Settings):
         description="How many recent tasks the history index keeps (list_tasks, "
         "task_summary); 0 = no index",
     )
+    wait_replicas: int = Field(
+        default=0,
+        ge=0,
+        description="A terminal write returns only once this many replicas have it (WAIT); "
+        "0 = as soon as the master has it. Single node with replicas and Sentinel",
+    )
+    wait_timeout: float = Field(
+        default=1.0, gt=0, description="Seconds a terminal write waits for its replicas"
+    )
 
     @field_validator("sentinels", mode="before")
     @classmethod

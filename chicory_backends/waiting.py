@@ -83,6 +83,8 @@ def woken_reads(fetch: FetchMany) -> Callable[[str], Awaitable[TaskResult | None
 
 
 Hold = Callable[[str], AbstractAsyncContextManager[None]]
+# Registers a held id again for a new listening session (``Listener.epoch``).
+Renew = Callable[[str, int], Awaitable[None]]
 
 
 class Listener:
@@ -117,6 +119,12 @@ class Listener:
     def active(self) -> bool:
         """Listening right now."""
         return self._session is not None
+
+    @property
+    def epoch(self) -> int:
+        """Which listening session this is: it changes with every new session, after a
+        lost one (a restart, a fail-over to another server)."""
+        return self._generation
 
     @property
     def waiting(self) -> int:
@@ -244,6 +252,7 @@ async def wait_for(
     timeout: float | None,  # noqa: ASYNC109
     *,
     hold: Hold | None = None,
+    renew: Renew | None = None,
     recheck_interval: float = RECHECK_INTERVAL,
 ) -> TaskResult | None:
     """Listen, then read, then sleep until notified; the terminal result, or None once
@@ -251,7 +260,10 @@ async def wait_for(
 
     Listening comes before the read, so a result stored before the read is seen by it and
     one stored after it is announced to us. ``hold`` (PostgreSQL's waiter registration)
-    is entered once the session first listens and left when the wait ends.
+    is entered once the session first listens and left when the wait ends; when a new
+    session replaces a lost one, ``renew`` registers the id again before the re-read (the
+    server now listened to may be another one, a promoted standby that never had the
+    registration).
     """
     if timeout is not None and timeout <= 0:  # a look, not a wait: nothing to listen for
         result = await read(task_id)
@@ -259,13 +271,17 @@ async def wait_for(
     scope = asyncio.timeout(timeout)
     try:
         async with scope, AsyncExitStack() as held:
-            holding = False
+            held_in: int | None = None  # the listening session the hold was made for
             while True:
                 waiter = await listener.subscribe(task_id)
                 try:
-                    if hold is not None and not holding:
-                        holding = True
+                    epoch = listener.epoch
+                    if hold is not None and held_in is None:
+                        held_in = epoch
                         await held.enter_async_context(hold(task_id))
+                    elif renew is not None and held_in is not None and held_in != epoch:
+                        held_in = epoch
+                        await renew(task_id, epoch)
                     result = await read(task_id)
                     if result is not None and result.state.is_terminal:
                         return result

@@ -69,7 +69,7 @@ async def test_worker_end_to_end_postgres_and_no_backend(servers: Servers, tmp_p
     report = await e2e.run(settings, servers)
 
     by_role = {case["role"]: case for case in report["cases"]}
-    assert set(by_role) == {"none", "ours", "tracked", "chicory"}
+    assert set(by_role) == {"none", "ours", "tracked-worker", "tracked", "chicory"}
     for case in report["cases"]:
         (run,) = case["runs"]
         assert run["error"] is None, f"{case['label']}: {run['error']} {run.get('worker_log_tail')}"
@@ -77,7 +77,7 @@ async def test_worker_end_to_end_postgres_and_no_backend(servers: Servers, tmp_p
         assert run["worker_concurrency"] == 32  # Chicory's CLI default, nothing passed
         assert run["tasks_per_s"] > 0 and run["executed_per_s"] >= run["tasks_per_s"]
     assert by_role["none"]["checked"] == 0  # nothing stored, nothing to read
-    for role in ("ours", "tracked", "chicory"):
+    for role in ("ours", "tracked-worker", "tracked", "chicory"):
         run = by_role[role]["runs"][0]
         assert run["checked"] == TASKS and run["wrong"] == []
         assert isinstance(run["sessions"]["server"], int) and run["sessions"]["server"] >= 0
@@ -86,6 +86,9 @@ async def test_worker_end_to_end_postgres_and_no_backend(servers: Servers, tmp_p
 
     (ratio,) = report["ratios"]
     assert ratio["ours_vs_ceiling"] is not None and ratio["ours_vs_chicory"] is not None
-    assert ratio["tracked_vs_ours"] is not None
+    assert ratio["tracked_vs_ours"] is not None and ratio["tracked_worker_vs_ours"] is not None
+    # PostgreSQL's own count: the worker's path adds no statement when tracked.
+    commits = {role: by_role[role]["runs"][0]["commits_per_task"] for role in by_role}
+    assert commits["ours"] is not None and commits["tracked-worker"] is not None
     text = e2e.write(report, tmp_path)
     assert "| Redis | PostgreSQL |" in text and (tmp_path / "e2e.json").exists()

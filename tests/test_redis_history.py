@@ -84,19 +84,15 @@ async def ttl_of(backend: RedisBackend, task_id: str) -> int:
 # -- merges: the SQL rules in the store script ---------------------------------------------
 
 
-async def test_late_pending_fills_but_keeps_the_state(rb: RedisBackend, clock: Clock) -> None:
+async def test_a_late_pending_changes_nothing(rb: RedisBackend, clock: Clock) -> None:
     await rb.set_state("t", S.STARTED, details(1, worker_id="w1"))
     started = clock.now
+    before = await rb.get_task("t")
     clock.advance(seconds=1)
     late = details(0, name="send", queue="mail", worker_id="w0", args_json='{"args":[1]}')
     await rb.set_state("t", S.PENDING, late)
-    task = await rb.get_task("t")
-    assert task is not None
-    assert task.state is S.STARTED and task.attempts == 1
-    assert (task.name, task.queue, task.args) == ("send", "mail", {"args": [1]})
-    assert task.enqueued_at == clock.now  # a fill: lands though the guard refused
-    assert task.worker_id == "w1" and task.started_at == started  # under the guard: kept
-    assert task.created_at == started and task.updated_at == started
+    assert await rb.get_task("t") == before  # refused: not even the fills land
+    assert before is not None and before.started_at == started
 
 
 async def test_fills_keep_the_first_value(rb: RedisBackend, clock: Clock) -> None:
@@ -162,14 +158,14 @@ async def test_set_state_keeps_the_result_and_clears_finished_at(
     assert await rb.get_result("t") == result("t", S.SUCCESS, None)
 
 
-async def test_a_refused_write_that_fills_keeps_the_ttl(make: Make) -> None:
+async def test_a_refused_write_keeps_the_ttl(make: Make) -> None:
     rb = await make(result_ttl=1000)
     await rb.set_state("t", S.STARTED, details(1))
     await raw_client(rb).expire(rb._result_key("t"), 50)
-    await rb.set_state("t", S.PENDING, details(0, name="late"))  # refused, fills the name
+    await rb.set_state("t", S.PENDING, details(0, name="late"))  # refused: untouched
     assert 0 < await ttl_of(rb, "t") <= 50
     task = await rb.get_task("t")
-    assert task is not None and task.name == "late" and task.state is S.STARTED
+    assert task is not None and task.name is None and task.state is S.STARTED
     await rb.set_state("t", S.RETRY, details(1))  # written: the TTL starts again
     assert await ttl_of(rb, "t") > 900
 
@@ -505,15 +501,19 @@ async def test_old_documents_still_read(rb: RedisBackend, clock: Clock) -> None:
         None,
     )
     assert task.created_at == task.updated_at == datetime(1970, 1, 1, tzinfo=UTC)
-    # A late write fills what it knows (and gives the document a time, so it is listed)
-    # but cannot undo the terminal state.
+    # A late non-terminal write cannot undo the terminal state, and changes nothing.
     await rb.set_state("old", S.PENDING, details(name="legacy"))
     task = await rb.get_task("old")
     assert task is not None
-    assert (task.state, task.result, task.name, task.created_at) == (
-        S.SUCCESS, {"x": [1, 2]}, "legacy", clock.now,
-    )  # fmt: skip
+    assert (task.state, task.result, task.name) == (S.SUCCESS, {"x": [1, 2]}, None)
     assert 0 < await ttl_of(rb, "old") <= 100
+    # A terminal write lands, gives the document its time and so lists it.
+    await rb.set_state("old", S.DEAD_LETTERED, details(name="legacy"))
+    task = await rb.get_task("old")
+    assert task is not None
+    assert (task.state, task.result, task.name, task.created_at) == (
+        S.DEAD_LETTERED, {"x": [1, 2]}, "legacy", clock.now,
+    )  # fmt: skip
     assert [t.task_id for t in (await rb.list_tasks()).items] == ["old"]
     # A new write of a terminal state replaces the old document's fields.
     await rb.store_result("old-failed", result("old-failed", S.SUCCESS, 3), details(1))

@@ -190,13 +190,13 @@ def test_mssql_statements_compile() -> None:
     assert " TEXT" not in ddl and "NTEXT" not in ddl
     merge = str(statements_for(dialect).store_result.compile(dialect=dialect))
     assert merge.startswith("MERGE chicory_task_results WITH (HOLDLOCK)")
-    # The guard (terminal rule and attempts) sits in each guarded assignment.
-    guard = (
-        "CASE WHEN ((s.state IN ('DEAD_LETTERED', 'FAILURE', 'SUCCESS') OR "
-        "(t.state NOT IN ('DEAD_LETTERED', 'FAILURE', 'SUCCESS'))) AND s.attempts >= t.attempts)"
-    )
-    assert f"state = {guard} THEN s.state ELSE t.state END" in merge
-    assert "name = coalesce(t.name, s.name)" in merge
+    # The guard (terminal rule and attempts) is the WHEN MATCHED condition, once.
+    assert (
+        "WHEN MATCHED AND (s.state IN ('DEAD_LETTERED', 'FAILURE', 'SUCCESS') OR "
+        "(t.state NOT IN ('DEAD_LETTERED', 'FAILURE', 'SUCCESS'))) AND s.attempts >= t.attempts "
+        "THEN UPDATE SET"
+    ) in merge
+    assert "name = coalesce(t.name, s.name)" in merge and "state = s.state" in merge
     assert "WHEN NOT MATCHED THEN INSERT" in merge
     cleanup = str(statements_for(dialect, 500).delete_old_results.compile(dialect=dialect))
     assert "TOP 500" in cleanup or "TOP __[POSTCOMPILE" in cleanup

@@ -74,12 +74,15 @@ from chicory_backends.codec import (
     encode_stats,
 )
 from chicory_backends.config import RedisBackendConfig
-from chicory_backends.errors import CorruptResultError, NotConnectedError
+from chicory_backends.errors import (
+    BackendUnreachableError,
+    ConfigurationError,
+    CorruptResultError,
+    NotConnectedError,
+)
 from chicory_backends.history import (
-    DEFAULT_PAGE_SIZE,
     HistoryQuery,
     Position,
-    check_window,
     encode_cursor,
     summarize,
     write_fields,
@@ -135,17 +138,17 @@ _REPLACED_BY_RESULT = ("result", "error", "traceback")
 # ARGV[7] the index score (created_at in integer microseconds); ARGV[8] history_size.
 #
 # The guard: a terminal write always lands and a non-terminal one only over a
-# non-terminal document, and never a write of an older attempt (missing = 0). Fills
-# (_FILL) take the stored value when there is one, else the new one, and land even when
-# the guard refuses (then the key keeps its TTL: SET .. KEEPTTL); keeps (_KEEP) take the
-# new value unless it is missing, under the guard; the rest is replaced under the guard.
+# non-terminal document, and never a write of an older attempt (missing = 0); a refused
+# write changes nothing. A write that lands: fills (_FILL) keep the stored value when
+# there is one, else take the new one; keeps (_KEEP) take the new value unless it is
+# missing; the rest is replaced.
 # GET, merge, SET, ZADD and PUBLISH run as one script, so no late write can slip between
 # them and a waiter that reads a non-terminal state is sure to be sent the terminal one.
 # The index entry is added when the write creates the document (or gives created_at to a
 # document written before the history), and the index trimmed to its newest ARGV[8].
 # PUBLISH goes through pcall: a user whose ACL denies the channel still stores results
 # (the script returns 2 instead of 1; waiters then rely on RedisBackend.recheck_interval).
-# Returns 0 when the guard refused the write (even if fills landed), 1 when written.
+# Returns 0 when the guard refused the write, 1 when written.
 _STORE_LUA = f"""
 local terminal = {_LUA_TERMINAL}
 local fill, keep = {_lua_list(_FILL)}, {_lua_list(_KEEP)}
@@ -166,14 +169,10 @@ if current then
   local stored = tonumber(current.attempts) or 0
   written = (terminal[state] or not terminal[current.state])
     and (tonumber(new.attempts) or 0) >= stored
-  local filled = false
-  for _, name in ipairs(fill) do
-    if not present(current[name]) and present(new[name]) then
-      current[name] = new[name]
-      filled = true
-    end
-  end
   if written then
+    for _, name in ipairs(fill) do
+      if not present(current[name]) then current[name] = new[name] end
+    end
     for _, name in ipairs(keep) do
       if present(new[name]) then current[name] = new[name] end
     end
@@ -182,11 +181,9 @@ if current then
       for _, name in ipairs(by_result) do current[name] = new[name] end
     end
     doc = cjson.encode(current)
-  elseif filled then
-    redis.call('SET', KEYS[1], cjson.encode(current), 'KEEPTTL')
   end
 end
-if created and KEYS[2] then
+if written and created and KEYS[2] then
   redis.call('ZADD', KEYS[2], ARGV[7], ARGV[5])
   local size = tonumber(ARGV[8])
   local count = redis.call('ZCARD', KEYS[2])
@@ -224,6 +221,13 @@ return added
 """
 
 _MICROSECOND = timedelta(microseconds=1)
+_TERMINAL_VALUES = frozenset(state.value for state in TERMINAL_STATES)
+
+
+def _is_terminal(call: _Write) -> bool:
+    return call.args[0] in _TERMINAL_VALUES
+
+
 # Documents fetched per MGET when listing or summarising the history.
 _SUMMARY_CHUNK = 1000
 
@@ -287,6 +291,14 @@ class RedisBackend(Backend):
         self._channel = f"{prefix}:done"
         self._history_key = f"{prefix}:history"
         self._history_size = self.config.history_size
+        # WAIT needs the writes and itself on one connection: a pipeline, which Cluster
+        # cannot give to scripts (see _store_batch).
+        self._wait_replicas = self.config.wait_replicas
+        if self._wait_replicas and self.mode == "redis-cluster":
+            raise ConfigurationError(
+                "wait_replicas is not supported on Redis Cluster: its scripts cannot share "
+                "one connection with WAIT; use Sentinel or a single node with replicas"
+            )
         self._ttl = str(self.config.result_ttl)
         self._client: Client | None = None
         self._store: AsyncScript | None = None
@@ -400,7 +412,12 @@ class RedisBackend(Backend):
                 index = [task_id, score]
         return _Write(keys, args, index)
 
-    async def _store_one(self, _group: Hashable, call: _Write) -> None:
+    async def _store_one(self, group: Hashable, call: _Write) -> None:
+        if self._waits_for_replicas([call]):
+            (outcome,) = await self._store_batch(group, [call])
+            if outcome is not None:
+                raise outcome
+            return
         async with self._io() as client:
             assert self._store is not None and self._index is not None
             if call.index is None:
@@ -447,15 +464,47 @@ class RedisBackend(Backend):
                 pipe = client.pipeline(transaction=False)
                 for call in calls:
                     await store(keys=call.keys, args=call.args, client=pipe)
+                waits = self._waits_for_replicas(calls)
+                if waits:  # on the writes' own connection, right after them
+                    timeout_ms = int(self.config.wait_timeout * 1000)
+                    pipe.execute_command("WAIT", self._wait_replicas, timeout_ms)
                 answers = await pipe.execute(raise_on_error=False)
+                if waits:
+                    *answers, acked = answers
+                    unconfirmed = self._unconfirmed(acked)
+                    if unconfirmed is not None:
+                        answers = [
+                            unconfirmed
+                            if _is_terminal(call) and not isinstance(answer, BaseException)
+                            else answer
+                            for call, answer in zip(calls, answers, strict=True)
+                        ]
         outcomes: list[BaseException | None] = []
         for answer in answers:
-            if isinstance(answer, BaseException):
+            if isinstance(answer, BackendUnreachableError):
+                outcomes.append(answer)
+            elif isinstance(answer, BaseException):
                 outcomes.append(self._connector.refused(answer))
             else:
                 self._stored(answer)
                 outcomes.append(None)
         return outcomes
+
+    def _waits_for_replicas(self, calls: list[_Write]) -> bool:
+        return bool(self._wait_replicas) and any(_is_terminal(call) for call in calls)
+
+    def _unconfirmed(self, acked: object) -> BackendUnreachableError | None:
+        """WAIT's answer: None when enough replicas have the writes, else the error of
+        each terminal write (stored on the master, maybe lost if it fails now)."""
+        if isinstance(acked, int) and acked >= self._wait_replicas:
+            return None
+        got = acked if isinstance(acked, int) else 0
+        return BackendUnreachableError(
+            self._address,
+            f"the result is on the master but only {got} of wait_replicas="
+            f"{self._wait_replicas} replicas had it within {self.config.wait_timeout:g}s; "
+            "it may be lost if the master fails now",
+        )
 
     def _stored(self, written: object) -> None:
         if written == 2 and not self._publish_refused:
@@ -559,26 +608,12 @@ class RedisBackend(Backend):
             raw = await client.get(key)
         return None if raw is None else decode_document_record(task_id, raw)
 
-    async def list_tasks(
-        self,
-        *,
-        state: TaskState | str | None = None,
-        name: str | None = None,
-        worker_id: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        limit: int = DEFAULT_PAGE_SIZE,
-        cursor: str | None = None,
-    ) -> TaskPage:
+    async def query_tasks(self, query: HistoryQuery) -> TaskPage:
         """The history index newest first, in chunks (ZREVRANGEBYSCORE .. LIMIT, then one
         MGET of the chunk's documents), filtered here, until ``limit + 1`` match or the
         index ends. Expired documents are left out. A position is the index score and
         the task id: equal scores come in reverse byte order of the ids, which is the
         page order (created_at, task_id descending)."""
-        query = HistoryQuery.of(
-            state=state, name=name, worker_id=worker_id, since=since, until=until,
-            limit=limit, cursor=cursor,
-        )  # fmt: skip
         chunk = max(2 * query.limit, 100)
         # The walk: scores at most ``high`` (below it when exclusive), skipping ``offset``
         # members of score ``high`` already seen, and at the cursor's score the ids at
@@ -632,12 +667,11 @@ class RedisBackend(Backend):
             next_cursor = encode_cursor(Position(_time_of(score), last.task_id))
         return TaskPage(items=items, next_cursor=next_cursor)
 
-    async def task_summary(
-        self, *, since: datetime | None = None, until: datetime | None = None
+    async def summarize_tasks(
+        self, since: datetime | None, until: datetime | None
     ) -> list[TaskSummary]:
         """ZRANGEBYSCORE of the window on the history index, the documents by MGETs of
         a thousand, and the summary built here (history.summarize)."""
-        since, until = check_window(since, until)
         low = "-inf" if since is None else str(_score_of(since))
         high = "+inf" if until is None else f"({_score_of(until)}"
         async with self._io() as client:

@@ -34,10 +34,8 @@ from chicory_backends.errors import (
     SchemaNotReadyError,
 )
 from chicory_backends.history import (
-    DEFAULT_PAGE_SIZE,
     HistoryQuery,
     Position,
-    check_window,
     encode_cursor,
     rank_of,
     summary_of,
@@ -254,24 +252,10 @@ class DatabaseBackend(Backend):
         )
         return record_from_row(RECORD_COLUMNS, rows[0]) if rows else None
 
-    async def list_tasks(
-        self,
-        *,
-        state: TaskState | str | None = None,
-        name: str | None = None,
-        worker_id: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        limit: int = DEFAULT_PAGE_SIZE,
-        cursor: str | None = None,
-    ) -> TaskPage:
+    async def query_tasks(self, query: HistoryQuery) -> TaskPage:
         """One statement through an index (sql/schema.py HISTORY_INDEXES): the filters
         given, rows after the cursor in (created_at, task_id) order, ``limit + 1`` rows to
         know whether another page follows."""
-        query = HistoryQuery.of(
-            state=state, name=name, worker_id=worker_id, since=since, until=until,
-            limit=limit, cursor=cursor,
-        )  # fmt: skip
         stmts = self._require()
         filters = (query.state, query.name, query.worker_id)
         shape = (*(value is not None for value in filters), query.after is not None)
@@ -295,12 +279,11 @@ class DatabaseBackend(Backend):
             else encode_cursor(Position(last.created_at, last.task_id)),
         )
 
-    async def task_summary(
-        self, *, since: datetime | None = None, until: datetime | None = None
+    async def summarize_tasks(
+        self, since: datetime | None, until: datetime | None
     ) -> list[TaskSummary]:
         """Two statements: counts per name and state, and the runtimes at the
         percentiles' nearest ranks (window functions), both over ``[since, until)``."""
-        since, until = check_window(since, until)
         stmts = self._require()
         params = {"now": _utcnow(), **self._window(since, until)}
         counts = await self._fetch(stmts.summary_counts, params)
@@ -443,6 +426,7 @@ class DatabaseBackend(Backend):
             self._woken_read,
             timeout,
             hold=self._waiters.held,
+            renew=self._waiters.renew,
             recheck_interval=self.recheck_interval,
         )
 

@@ -9,8 +9,11 @@ object and never test which driver or which config they have.
 
 from __future__ import annotations
 
+import asyncio
+import random
 import ssl
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -19,7 +22,12 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import StaticPool
 
-from chicory_backends.config import PostgresBackendConfig, SQLBackendConfig, SQLiteBackendConfig
+from chicory_backends.config import (
+    MySQLBackendConfig,
+    PostgresBackendConfig,
+    SQLBackendConfig,
+    SQLiteBackendConfig,
+)
 from chicory_backends.errors import ConfigurationError
 from chicory_backends.sql.compiled import DriverStatement
 
@@ -134,6 +142,7 @@ class AsyncpgDriver(Driver):
             arguments.url = arguments.url.difference_update_query(["sslmode"])
         if isinstance(config, PostgresBackendConfig) and config.ssl:
             args["ssl"] = config.ssl
+        args.setdefault("async_creator_fn", asyncpg_connect)
         if self._pgbouncer:
             # Transaction pooling hands each statement to any server connection: named
             # prepared statements must be unique and never cached across calls.
@@ -190,6 +199,9 @@ class AiomysqlDriver(Driver):
         if context is not None:
             arguments.connect_args["ssl"] = context
             self._tls = True
+        servers = self.config.server_hosts() if isinstance(self.config, MySQLBackendConfig) else []
+        if servers:
+            arguments.connect_args.setdefault("async_creator_fn", _first_answering(servers))
 
     def install(self, engine: AsyncEngine) -> None:
         if not self._tls:
@@ -219,16 +231,97 @@ class AiomysqlDriver(Driver):
     async def run(
         self, connection: Any, statement: DriverStatement, args: tuple[Any, ...], fetch: bool
     ) -> int | list[Any]:
-        async with connection.cursor() as cursor:
-            await cursor.execute(statement.sql, args)
-            return list(await cursor.fetchall()) if fetch else int(cursor.rowcount)
+        for attempt in range(1, _CONFLICT_TRIES + 1):
+            try:
+                async with connection.cursor() as cursor:
+                    await cursor.execute(statement.sql, args)
+                    return list(await cursor.fetchall()) if fetch else int(cursor.rowcount)
+            except Exception as error:
+                if attempt == _CONFLICT_TRIES or not _conflict(error, connection):
+                    raise
+            await asyncio.sleep(random.uniform(0.001, 0.005) * attempt)  # noqa: S311
+        raise AssertionError("unreachable")
 
     async def run_many(self, connection: Any, parts: Parts) -> None:
         # aiomysql rewrites ``INSERT .. VALUES (..) ON DUPLICATE KEY UPDATE`` into one
         # multi-row statement: one round trip and one commit per part.
         async with connection.cursor() as cursor:
             for statement, rows in parts:
-                await cursor.executemany(statement.sql, rows)
+                for attempt in range(1, _CONFLICT_TRIES + 1):
+                    try:
+                        await cursor.executemany(statement.sql, rows)
+                        break
+                    except Exception as error:
+                        if attempt == _CONFLICT_TRIES or not _conflict(error, connection):
+                            raise
+                    await asyncio.sleep(random.uniform(0.001, 0.005) * attempt)  # noqa: S311
+
+
+# Deadlock, which is also how Galera reports a certification conflict: two nodes
+# committed writes of one row at once and this one lost. The statement was rolled back
+# whole (autocommit: it was its own transaction), and every statement run here is an
+# idempotent upsert, delete or read, so it is simply run again, a few times at most.
+_CONFLICT_CODES = frozenset({1213})
+_CONFLICT_TRIES = 5
+
+
+def _conflict(error: BaseException, connection: Any) -> bool:
+    """A conflict that rolled back only this statement: in autocommit (always, but for a
+    migration's transaction, where the whole transaction is gone and must not be
+    retried piecemeal)."""
+    args: tuple[Any, ...] = getattr(error, "args", ())
+    return bool(args) and args[0] in _CONFLICT_CODES and bool(connection.get_autocommit())
+
+
+class NoUsableHostError(ConnectionError):
+    """Every listed server answered, and none is what ``target_session_attrs`` asks for
+    (no primary yet while a standby is being promoted): unreachable, for now."""
+
+
+async def asyncpg_connect(*args: Any, **kwargs: Any) -> Any:
+    """``asyncpg.connect``, with "no host matches target_session_attrs" as a connection
+    error: asyncpg raises it as a client error, which would pass for a refused statement
+    (and escape SQLAlchemy's pool unwrapped) rather than a server that is not there."""
+    import asyncpg
+
+    try:
+        return await asyncpg.connect(*args, **kwargs)
+    except asyncpg.TargetServerAttributeNotMatched as error:
+        raise NoUsableHostError(str(error)) from None
+
+
+def _first_answering(servers: list[tuple[str, int]]) -> Callable[..., Awaitable[Any]]:
+    """aiomysql's connect over several servers (Galera nodes): each new connection goes to
+    the first in the listed order that accepts it, so when one dies the pool's next
+    connections land on the next one, and come back to the first once it is back.
+
+    aiomysql takes one host: the URL's ``?host=h1:p1&host=h2:p2`` reaches us as a tuple
+    in ``host``, replaced here by each server in turn.
+    """
+
+    async def connect(*args: Any, **kwargs: Any) -> Any:
+        import aiomysql
+
+        kwargs.pop("host", None)
+        kwargs.pop("port", None)
+        last: BaseException | None = None
+        for host, port in servers:
+            try:
+                return await aiomysql.connect(*args, host=host, port=port, **kwargs)
+            except Exception as error:  # pymysql's OperationalError carries the code first
+                code = error.args[0] if error.args else None
+                if not isinstance(error, OSError) and code not in _NEXT_SERVER_CODES:
+                    raise  # refused for a reason the next server shares (a password)
+                last = error
+        assert last is not None
+        raise last
+
+    return connect
+
+
+# Can't connect (2003), lost at the handshake (2013), and Galera's "WSREP has not yet
+# prepared node for application use" (1047, a node out of the primary component).
+_NEXT_SERVER_CODES = frozenset({1047, 1053, 2002, 2003, 2006, 2013})
 
 
 def _mysql_tls(url: URL) -> tuple[URL, ssl.SSLContext | None]:

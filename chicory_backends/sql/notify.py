@@ -43,6 +43,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from chicory_backends.config import PostgresBackendConfig
+from chicory_backends.sql.drivers import asyncpg_connect
 from chicory_backends.sql.engine import translate_error
 from chicory_backends.waiting import OnLost, OnMessage
 
@@ -82,11 +83,12 @@ async def connect_listener(
     because LISTEN needs a session of its own (PgBouncer's transaction pooling cannot
     carry it); errors come out as ours, without the password.
     """
-    import asyncpg
-
+    # Read as the engine's dialect reads it, so several hosts (``?host=h1:p1&host=h2:p2``)
+    # and target_session_attrs reach the listening connection as they reach the pool's:
+    # after a fail-over it finds the new primary the same way.
     url = config.sqlalchemy_url()
-    options: dict[str, Any] = url.translate_connect_args(username="user")
-    options.update(url.query)
+    _args, connect_args = url.get_dialect()().create_connect_args(url)
+    options: dict[str, Any] = dict(connect_args)
     for name in _SQLALCHEMY_ONLY:
         options.pop(name, None)
     options.setdefault("timeout", config.connect_timeout)
@@ -95,7 +97,7 @@ async def connect_listener(
     options["server_settings"] = {"application_name": LISTENER_APPLICATION_NAME}
     connection = None
     try:
-        connection = await asyncpg.connect(**options)
+        connection = await asyncpg_connect(**options)
         await connection.add_listener(
             CHANNEL, lambda _connection, _pid, _channel, payload: on_message(payload)
         )
@@ -138,6 +140,8 @@ class WaiterRegistry:
         self._fence_writers = fence
         self._max_batch = max_batch
         self._counts: dict[str, int] = {}
+        # The listening session (Listener.epoch) each id was last registered again for.
+        self._renewed_for: dict[str, int] = {}
         # Registered (or being registered) ids; the future resolves once fenced.
         self._ready: dict[str, asyncio.Future[None]] = {}
         self._to_register: dict[str, asyncio.Future[None]] = {}
@@ -180,12 +184,30 @@ class WaiterRegistry:
             self._kick()
         await asyncio.shield(ready)
 
+    async def renew(self, task_id: str, epoch: int) -> None:
+        """Register a held id again, and fence, for listening session ``epoch``: after a
+        fail-over the rows are gone (the table is UNLOGGED, and it was another server's).
+        The waiters of one id share one renewal per session."""
+        if task_id not in self._counts:
+            return
+        ready = self._ready.get(task_id)
+        if ready is None or self._renewed_for.get(task_id, -1) < epoch:
+            self._renewed_for[task_id] = epoch
+            if ready is None or ready.done():
+                ready = asyncio.get_running_loop().create_future()
+                ready.add_done_callback(_retrieve)
+                self._ready[task_id] = ready
+            self._to_register[task_id] = ready
+            self._kick()
+        await asyncio.shield(ready)
+
     def release(self, task_id: str) -> None:
         left = self._counts.get(task_id, 0) - 1
         if left > 0:
             self._counts[task_id] = left
             return
         self._counts.pop(task_id, None)
+        self._renewed_for.pop(task_id, None)
         self._to_delete.add(task_id)
         self._kick()
 

@@ -47,7 +47,8 @@ def test_the_redis_backend_never_imports_sql(path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["result.py", "waiting.py", "coalesce.py", "base.py", "codec.py", "types.py"]
+    "name",
+    ["result.py", "waiting.py", "coalesce.py", "base.py", "codec.py", "types.py", "history.py"],
 )
 def test_shared_pieces_import_no_driver(name: str) -> None:
     tops = {_top(m) for m in imports_of(PACKAGE / name)}
@@ -68,6 +69,13 @@ def test_the_cli_holds_no_sql() -> None:
 
 def test_the_contract_knows_no_implementation() -> None:
     modules = imports_of(PACKAGE / "base.py")
+    # history: the checks of the history queries' arguments, shared by every backend.
     assert not {m for m in modules if m.startswith("chicory_backends.")} - {
-        "chicory_backends.types"
+        "chicory_backends.types",
+        "chicory_backends.history",
     }, modules
+    history = imports_of(PACKAGE / "history.py")
+    assert not {m for m in history if m.startswith("chicory_backends.")} - {
+        "chicory_backends.types",
+        "chicory_backends.codec",
+    }, history

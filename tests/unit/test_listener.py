@@ -297,3 +297,36 @@ async def test_a_closed_listener_ends_the_wait_with_not_connected() -> None:
     await listening.close()
     with pytest.raises(NotConnectedError):
         await waiter
+
+
+async def test_wait_for_renews_its_hold_before_it_rereads_on_a_new_session() -> None:
+    """A waiter whose session was replaced registers again (``renew``) before its re-read,
+    so a result stored on a server that never had its registration still wakes it."""
+    server = FakeServer()
+    listening = listener(server)
+    store = FakeStore(listening)
+    store.rows["t"] = result("t", TaskState.STARTED)
+    events: list[str] = []
+
+    @asynccontextmanager
+    async def hold(task_id: str) -> AsyncIterator[None]:
+        events.append(f"hold {task_id}")
+        yield
+        events.append(f"release {task_id}")
+
+    async def renew(task_id: str, epoch: int) -> None:
+        events.append(f"renew {task_id} in session {epoch}")
+
+    waiter = asyncio.ensure_future(wait_for(listening, "t", store.read, 30, hold=hold, renew=renew))
+    await settle()
+    first = listening.epoch
+    server.session.lost()  # a fail-over: the session comes back on another server
+    await settle()
+    assert listening.epoch != first
+    assert events == ["hold t", f"renew t in session {listening.epoch}"]
+    assert len(store.reads) == 2  # the re-read came after the renewal
+    store.rows["t"] = result("t")
+    server.session.notify("t")
+    assert await waiter == store.rows["t"]
+    assert events[-1] == "release t"
+    await listening.close()

@@ -195,3 +195,26 @@ async def test_an_id_released_before_its_registration_went_out_is_never_register
     registry.release("t")
     await until_idle(registry)
     assert ("register", ["t"]) not in table.log and table.rows == set()
+
+
+async def test_renew_registers_a_held_id_again_once_per_listening_session() -> None:
+    """After a fail-over the rows are gone with the old server: each held id is
+    registered again, and fenced, once per new session however many wait for it."""
+    table = FakeTable()
+    registry = table.registry()
+    await asyncio.gather(registry.acquire("t"), registry.acquire("t"))
+    table.log.clear()
+    table.rows.clear()  # the promoted standby never had them
+    await asyncio.gather(registry.renew("t", 2), registry.renew("t", 2))
+    assert table.log == [("register", ["t"]), ("fence", ["t"])]
+    assert table.rows == {("t", registry.token)}
+    await registry.renew("t", 2)  # the same session again: nothing to do
+    assert table.log == [("register", ["t"]), ("fence", ["t"])]
+    await registry.renew("t", 3)
+    assert table.log[2:] == [("register", ["t"]), ("fence", ["t"])]
+    await registry.renew("gone", 3)  # nobody holds it: no row for it
+    assert ("gone", registry.token) not in table.rows
+    registry.release("t")
+    registry.release("t")
+    await until_idle(registry)
+    assert table.rows == set()
