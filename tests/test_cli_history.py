@@ -302,9 +302,8 @@ def test_paging_with_the_printed_command_reaches_every_task_once(history: Histor
     assert sorted(mail) == sorted((*MAIL_PENDING, *MAIL_STARTED, MAIL_DEAD))
 
 
+@pytest.mark.parametrize("history", ["postgres"], indirect=True)  # its URL has a password
 def test_the_printed_command_never_shows_the_password(history: History) -> None:
-    if history.kind != "postgres":
-        pytest.skip("only the PostgreSQL URL here holds a password")
     url = history.env["CHICORY_BACKEND_POSTGRES_URL"]
     assert SECRET in url
     stdout = run_ok("tasks", "--url", url, "--limit", "3", env=clean_environment())

@@ -198,13 +198,12 @@ def _write_plans(seed: int) -> Iterator[list[tuple[str, TaskState, int, dict[str
         yield plan
 
 
+@pytest.mark.parametrize("mode", ["redis"], indirect=True)  # one script for every mode
 async def test_merges_equal_the_sql_backend(
     make: Make, mode: str, sql_databases: Callable[[str], SQLBackendConfig]
 ) -> None:
     """Random sequences of writes end in the same record on Redis and on SQLite (but for
     the times, of which only which ones are set is compared)."""
-    if mode != "redis":
-        pytest.skip("the script is the same on every mode; compared once")
     rb = await make()
     sql = DatabaseBackend(sql_databases("sqlite"))
     await sql.connect()
