@@ -53,11 +53,25 @@ def check_task_id(task_id: str) -> str:
 
 
 def check_label(field: str, value: str) -> str:
-    """A task name, queue or worker id: the rules of a task id, naming the field."""
+    """A task name, queue or worker id: the rules of a task id, naming the field.
+
+    The same few names, queues and worker ids come with every write of a busy worker:
+    those already found valid are remembered (a bounded set), so each write checks a
+    set membership instead of scanning and encoding three strings."""
+    if type(value) is str and value in _VALID_LABELS:
+        return value
     try:
-        return check_task_id(value)
+        check_task_id(value)
     except InvalidTaskIdError as exc:
         raise InvalidTaskIdError(str(exc).replace("task id", field, 1)) from None
+    if len(_VALID_LABELS) >= _MAX_VALID_LABELS:
+        _VALID_LABELS.clear()
+    _VALID_LABELS.add(value)
+    return value
+
+
+_VALID_LABELS: set[str] = set()
+_MAX_VALID_LABELS = 4096
 
 
 def encode_arguments(task_id: str, arguments: Any, max_bytes: int) -> str:

@@ -69,6 +69,26 @@ async def test_a_task_run_leaves_its_whole_record(backend: Backend) -> None:
     assert await backend.get_result(task_id) == success(task_id, {"total": 3})
 
 
+async def test_writes_sent_together_record_their_times_too(backend: Backend) -> None:
+    """Concurrent writes go out as one batch (PostgreSQL derives the times inside its
+    batch statement): each record still has its enqueue, start and finish."""
+    ids = [new_id("burst") for _ in range(20)]
+    await asyncio.gather(
+        *(backend.set_state(i, TaskState.PENDING, TaskDetails(name="b")) for i in ids)
+    )
+    await asyncio.gather(*(backend.set_state(i, TaskState.STARTED, run(1, name="b")) for i in ids))
+    await asyncio.gather(*(backend.store_result(i, success(i, 1), run(1, name="b")) for i in ids))
+    for task_id in ids:
+        done = await record(backend, task_id)
+        assert (done.state, done.attempts, done.name, done.result) == (
+            TaskState.SUCCESS, 1, "b", 1,
+        )  # fmt: skip
+        assert done.enqueued_at == done.created_at
+        assert done.enqueued_at is not None and done.started_at is not None
+        assert done.finished_at is not None
+        assert done.enqueued_at <= done.started_at <= done.finished_at
+
+
 async def test_unknown_task_has_no_record(backend: Backend) -> None:
     assert await backend.get_task(new_id()) is None
     with pytest.raises(InvalidTaskIdError):

@@ -124,6 +124,18 @@ def test_offline_sql_for_sql_server_is_tsql_without_legacy_text_types() -> None:
     assert "\nGO\n" in sql  # T-SQL batch separators
 
 
+def test_offline_sql_server_downgrade_of_the_history_drops_the_default_first() -> None:
+    """SQL Server refuses DROP COLUMN while a DEFAULT constraint depends on it (0004's
+    ``attempts``): the constraint goes first."""
+    cfg = alembic_config("mssql+aioodbc://u:p@127.0.0.1:1433/db?driver=FreeTDS")
+    cfg.output_buffer = io.StringIO()
+    command.downgrade(cfg, "0004:0003", sql=True)
+    sql = cfg.output_buffer.getvalue()
+    constraint = sql.index("sys.default_constraints")
+    assert "'attempts'" in sql[constraint : constraint + 300]
+    assert constraint < sql.index("DROP COLUMN attempts")
+
+
 # -- two deploys at once ---------------------------------------------------------------
 
 WAITERS = {

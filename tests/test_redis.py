@@ -492,3 +492,22 @@ async def test_a_refused_script_in_a_pipeline_fails_only_its_own_call(rb: RedisB
     assert len(failed) == 1 and isinstance(failed[0], DatabaseError), outcomes
     assert outcomes[6] is failed[0]
     assert sorted(await rb.get_results(ids)) == sorted(ids)
+
+
+@pytest.mark.parametrize("mode", ["redis-cluster"], indirect=True)
+async def test_a_burst_larger_than_the_pool_is_written_whole_on_cluster(make: Make) -> None:
+    """A Cluster batch sends its scripts at once; each takes a slot of the backend's
+    max_connections, so a burst of many times the pool waits instead of exhausting a
+    node's pool (PoolExhaustedError, before)."""
+    rb = await make(max_connections=8)
+    ids = [f"burst-{uuid.uuid4().hex[:8]}-{n}" for n in range(400)]
+    await asyncio.gather(
+        *(
+            rb.store_result(task_id, TaskResult(task_id=task_id, state=TaskState.SUCCESS, result=n))
+            for n, task_id in enumerate(ids)
+        )
+    )
+    found = await rb.get_results(ids)
+    assert {task_id: found[task_id].result for task_id in ids} == {
+        task_id: n for n, task_id in enumerate(ids)
+    }

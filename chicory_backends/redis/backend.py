@@ -51,7 +51,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Hashable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Hashable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -448,8 +448,11 @@ class RedisBackend(Backend):
                     args = [self._history_size, *entries]
                     indexing.append(index(keys=[self._history_key], args=args, client=client))
                 sent: list[Any] = await asyncio.gather(
-                    *(store(keys=call.keys, args=call.args, client=client) for call in calls),
-                    *indexing,
+                    *(
+                        self._slotted(store(keys=call.keys, args=call.args, client=client))
+                        for call in calls
+                    ),
+                    *(self._slotted(call) for call in indexing),
                     return_exceptions=True,
                 )
                 answers = sent[: len(calls)]
@@ -489,6 +492,15 @@ class RedisBackend(Backend):
                 self._stored(answer)
                 outcomes.append(None)
         return outcomes
+
+    async def _slotted(self, call: Awaitable[Any]) -> Any:
+        """One script of a Cluster batch, in a slot of its own: the batch sends them at
+        once, and a node's pool (max_connections) raises instead of waiting when more
+        calls than that reach it (a burst of hundreds of writes)."""
+        if self._slots is None:
+            return await call
+        async with self._slots:
+            return await call
 
     def _waits_for_replicas(self, calls: list[_Write]) -> bool:
         return bool(self._wait_replicas) and any(_is_terminal(call) for call in calls)

@@ -59,4 +59,6 @@ def downgrade() -> None:
         op.drop_index(name, table_name=TABLE)
     with op.batch_alter_table(TABLE) as batch:
         for column in reversed(_columns()):
-            batch.drop_column(column.name)
+            # SQL Server refuses to drop a column while its DEFAULT constraint stands.
+            extra = {"mssql_drop_default": True} if column.server_default is not None else {}
+            batch.drop_column(column.name, **extra)
