@@ -767,40 +767,48 @@ def describe_window(since: datetime | None, until: datetime | None) -> str:
 
 
 def run_stats(args: argparse.Namespace, target: Target) -> int:
-    config = target.sql_config("stats")
+    """Per task name on every backend; the storage overview (results per state, expiry)
+    too on SQL, the only backends that keep one."""
     since, until = resolve_window(args, datetime.now(UTC))
-    stats, summaries = asyncio.run(storage_and_history(config, since, until))
-    payload = {
+    if target.kind is BackendType.REDIS:
+        summaries = asyncio.run(
+            with_backend(target, lambda backend: backend.task_summary(since=since, until=until))
+        )
+        stats = None
+    else:
+        stats, summaries = asyncio.run(
+            storage_and_history(target.sql_config("stats"), since, until)
+        )
+    payload: dict[str, Any] = {
         "backend": target.kind.value,
         "address": target.config.address(),
-        "total": stats.total,
-        "by_state": stats.by_state,
-        "expired_not_reclaimed": stats.expired,
-        "oldest_updated_at": iso(stats.oldest),
-        "newest_updated_at": iso(stats.newest),
         "since": iso(since),
         "until": iso(until),
         "tasks": [summary.model_dump(mode="json") for summary in summaries],
     }
-    rows = [*stats.by_state.items(), ("total", stats.total)]
     history = (
         render_table(SUMMARY_COLUMNS, [summary_row(summary) for summary in summaries])
         if summaries
         else "no tasks"
     )
-    text = "\n".join(
-        [
-            target.label,
-            render_table(["STATE", "RESULTS"], rows),
+    lines = [target.label]
+    if stats is not None:
+        payload.update({
+            "total": stats.total,
+            "by_state": stats.by_state,
+            "expired_not_reclaimed": stats.expired,
+            "oldest_updated_at": iso(stats.oldest),
+            "newest_updated_at": iso(stats.newest),
+        })  # fmt: skip
+        lines += [
+            render_table(["STATE", "RESULTS"], [*stats.by_state.items(), ("total", stats.total)]),
             f"expired, not yet reclaimed: {stats.expired}",
             f"oldest updated_at: {iso(stats.oldest) or '-'}",
             f"newest updated_at: {iso(stats.newest) or '-'}",
             "",
-            f"{describe_window(since, until)}:",
-            history,
         ]
-    )
-    emit(args, payload, text)
+    lines += [f"{describe_window(since, until)}:", history]
+    emit(args, payload, "\n".join(lines))
     return EXIT_OK
 
 

@@ -254,7 +254,11 @@ def test_stats_workers_and_cleanup(database: Database) -> None:
             "CHICORY_BACKEND_POSTGRES_PORT",
         ),
         ({}, ["--url", "nosuch://host/db", "health"], "unknown scheme"),
-        ({}, ["--url", "redis://127.0.0.1:1/0", "stats"], "SQL backends only"),
+        (
+            {},
+            ["--url", "redis://127.0.0.1:1/0", "cleanup", "--older-than", "1d"],
+            "SQL backends only",
+        ),
         (
             {"CHICORY_BACKEND_TYPE": "postgres", "CHICORY_BACKEND_POSTGRES_PGBOUNCER": "true"},
             ["migrate"],

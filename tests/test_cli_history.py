@@ -428,13 +428,9 @@ def seconds_cell(value: float | None) -> str:
 
 
 def test_stats_per_task_name(history: History) -> None:
-    if history.kind == "redis":
-        # Its storage overview (results per state, expiry) is SQL's; so is the command.
-        done = run_cli("stats", env=history.env)
-        assert done.returncode == 2 and "SQL backends only" in done.stderr
-        return
     stdout = run_ok("stats", env=history.env)
-    assert "expired, not yet reclaimed: 0" in stdout  # the storage overview stays
+    # The storage overview (results per state, expiry) is SQL's only.
+    assert ("expired, not yet reclaimed: 0" in stdout) is (history.kind != "redis")
     rows = stats_rows(stdout)
     assert set(rows) == {"send_invoice", "send_mail", EVIL_NAME_SHOWN, "(no name)"}
     assert rows["send_invoice"][:8] == ["5", "0", "0", "0", "4", "1", "0", "20.0%"]
@@ -451,7 +447,7 @@ def test_stats_per_task_name(history: History) -> None:
     ]
 
     report = run_json("stats", env=history.env)
-    assert report["total"] == len(ALL_IDS)
+    assert report.get("total") == (None if history.kind == "redis" else len(ALL_IDS))
     assert report["until"] is None
     since = datetime.fromisoformat(report["since"])  # the default window: 24 hours
     assert abs((datetime.now(UTC) - since).total_seconds() - 86400) < 60
