@@ -26,6 +26,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
+import pytest
 from owned_servers import _postgres_bin, find_binary
 from redis_servers import RedisServer
 from services import free_port, missing
@@ -706,6 +707,7 @@ class FailoverStream:
         self.counter = 0
         self.killed_at: float | None = None
         self.promoted_at: float | None = None
+        self.failure: BaseException | None = None
         self._stop = False
 
     @staticmethod
@@ -783,6 +785,52 @@ class FailoverStream:
 
     def stop(self) -> None:
         self._stop = True
+
+    async def until(
+        self, condition: Callable[[], bool], what: str, tasks: list[Any], limit: float = 30.0
+    ) -> None:
+        """Wait for one phase of the run (writes acknowledged, a promotion); a writer
+        that failed meanwhile (a raw driver error, a hang) fails the test at once."""
+        import asyncio
+
+        deadline = time.monotonic() + limit
+        while not condition():
+            for task in tasks:
+                if task.done():
+                    task.result()
+            if time.monotonic() > deadline:
+                pytest.fail(f"timed out waiting for {what}", pytrace=False)
+            await asyncio.sleep(0.02)
+
+    async def finish(self, writers: list[Any], waiters: list[Any]) -> None:
+        """Stop the writers and cancel the waiters still waiting; the first failure any
+        of them had (anything but BackendUnreachableError) is raised by ``lost``, where
+        the test still disconnects its backends afterwards."""
+        import asyncio
+
+        self.stop()
+        for task in waiters:
+            task.cancel()
+        outcomes = await asyncio.gather(*writers, *waiters, return_exceptions=True)
+        self.failure = next(
+            (
+                outcome
+                for outcome in outcomes
+                if isinstance(outcome, BaseException)
+                and not isinstance(outcome, asyncio.CancelledError)
+            ),
+            None,
+        )
+
+    async def lost(self, reader: Any) -> list[str]:
+        """The acknowledged task ids whose result is not there any more (after raising
+        what ``finish`` found)."""
+        if self.failure is not None:
+            raise self.failure
+        found: dict[str, Any] = {}
+        for start in range(0, len(self.acked), 500):
+            found.update(await reader.get_results(self.acked[start : start + 500]))
+        return [task_id for task_id in self.acked if task_id not in found]
 
     def first_ack_after(
         self, moment: float, only: Callable[[str], bool] | None = None

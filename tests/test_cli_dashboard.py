@@ -9,9 +9,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-
-import pytest
 
 CLI = [sys.executable, "-m", "chicory_backends"]
 
@@ -39,31 +39,41 @@ def test_dashboard_refuses_a_public_host_without_a_token(tmp_path: Path) -> None
     assert "without a token" in done.stderr and "Traceback" not in done.stderr
 
 
-def test_dashboard_serves_the_tasks_page(tmp_path: Path) -> None:
-    pytest.importorskip("uvicorn", reason="the web extra is not installed")
-    database = tmp_path / "d.db"
-    env = environment(database)
-    subprocess.run([*CLI, "migrate"], env=env, check=True, capture_output=True, timeout=60)
+@contextmanager
+def cli_dashboard(env: dict[str, str], cwd: Path) -> Iterator[str]:
+    """``chicory-backends dashboard`` on a free port, until the block ends; its URL once
+    it answers."""
     port = free_port()
     server = subprocess.Popen(
-        [*CLI, "dashboard", "--port", str(port)], env=env,
+        [*CLI, "dashboard", "--port", str(port)], env=env, cwd=cwd,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
         while True:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/tasks", timeout=5) as page:
-                    assert page.status == 200
-                    assert b"Tasks" in page.read()
-                break
+                with urllib.request.urlopen(base + "/tasks", timeout=5):  # noqa: S310
+                    break
             except OSError:
                 assert server.poll() is None, server.stdout.read() if server.stdout else ""
                 assert time.monotonic() < deadline, "the dashboard did not answer within 30 s"
                 time.sleep(0.2)
+        yield base
     finally:
         server.terminate()
         try:
             server.wait(timeout=15)
         except subprocess.TimeoutExpired:
             server.kill()
+
+
+def test_dashboard_serves_the_tasks_page(tmp_path: Path) -> None:
+    env = environment(tmp_path / "d.db")
+    subprocess.run([*CLI, "migrate"], env=env, check=True, capture_output=True, timeout=60)
+    with (
+        cli_dashboard(env, tmp_path) as base,
+        urllib.request.urlopen(base + "/tasks", timeout=5) as page,  # noqa: S310
+    ):
+        assert page.status == 200
+        assert b"Tasks" in page.read()

@@ -16,14 +16,11 @@ import contextlib
 import os
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import e2e_app
 import pytest
-from services import free_port
 from test_chicory_e2e import (  # noqa: F401 (fixtures, found by name)
     TASK_TIMEOUT,
     chicory_cli,
@@ -32,8 +29,9 @@ from test_chicory_e2e import (  # noqa: F401 (fixtures, found by name)
     redis_broker,
     sqlite_backend,
 )
+from test_cli_dashboard import cli_dashboard
 from test_history_e2e import tracked_worker  # noqa: F401 (a fixture)
-from test_web_browser import WAIT, Served, chromium, shot, until
+from test_web_browser import Served, chromium, shot, until
 
 from chicory_backends import TaskFailedError
 from chicory_backends.chicory import ChicoryBackendAdapter, async_result
@@ -44,20 +42,6 @@ ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "chicory_backends"]
 
 pytestmark = pytest.mark.slow
-
-
-def _wait_for_http(url: str, server: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + WAIT
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=5):  # noqa: S310 - our own loopback
-                return
-        except OSError:
-            if server.poll() is not None:
-                output = server.stdout.read() if server.stdout else ""
-                raise AssertionError(f"the dashboard exited: {output}") from None
-            assert time.monotonic() < deadline, f"{url} did not answer within {WAIT} s"
-            time.sleep(0.1)
 
 
 def test_demo_file_in_the_dashboard(tmp_path: Path) -> None:
@@ -73,43 +57,27 @@ def test_demo_file_in_the_dashboard(tmp_path: Path) -> None:
         env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path,
     )  # fmt: skip
     assert demo.returncode == 0, demo.stdout + demo.stderr
-    port = free_port()
-    server = subprocess.Popen(
-        [*CLI, "dashboard", "--port", str(port)], env=env, cwd=tmp_path,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    try:
-        base = f"http://127.0.0.1:{port}"
-        _wait_for_http(base + "/tasks", server)
-        with chromium() as browser:
-            browser.get(base + "/workers")
-            assert browser.find_element(By.ID, "workers-up").text == "1"
-            cells = [cell.text for cell in browser.find_elements(By.CSS_SELECTOR, "#workers td")]
-            assert any(cell.endswith("-demo") for cell in cells), cells
-            shot(browser, "demo-workers")
+    with cli_dashboard(env, tmp_path) as base, chromium() as browser:
+        browser.get(base + "/workers")
+        assert browser.find_element(By.ID, "workers-up").text == "1"
+        cells = [cell.text for cell in browser.find_elements(By.CSS_SELECTOR, "#workers td")]
+        assert any(cell.endswith("-demo") for cell in cells), cells
+        shot(browser, "demo-workers")
 
-            browser.get(base + "/tasks")
-            ids = [
-                cell.text for cell in browser.find_elements(By.CSS_SELECTOR, "#task-rows td.id a")
-            ]
-            assert ids[:2] == ["demo-task-23", "demo-task-22"] and len(ids) == 24
-            shot(browser, "demo-tasks")
+        browser.get(base + "/tasks")
+        ids = [cell.text for cell in browser.find_elements(By.CSS_SELECTOR, "#task-rows td.id a")]
+        assert ids[:2] == ["demo-task-23", "demo-task-22"] and len(ids) == 24
+        shot(browser, "demo-tasks")
 
-            browser.get(base + "/tasks?state=FAILURE")
-            failed = {
-                cell.text for cell in browser.find_elements(By.CSS_SELECTOR, "#task-rows td.id a")
-            }
-            assert failed == {"demo-task-05", "demo-task-13", "demo-task-21"}
+        browser.get(base + "/tasks?state=FAILURE")
+        failed = {
+            cell.text for cell in browser.find_elements(By.CSS_SELECTOR, "#task-rows td.id a")
+        }
+        assert failed == {"demo-task-05", "demo-task-13", "demo-task-21"}
 
-            browser.get(base + "/task?id=demo-task-05")
-            assert "the upstream service did not answer" in browser.page_source
-            shot(browser, "demo-task-detail")
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        browser.get(base + "/task?id=demo-task-05")
+        assert "the upstream service did not answer" in browser.page_source
+        shot(browser, "demo-task-detail")
 
 
 async def _finish(app: Any, task_id: str) -> None:

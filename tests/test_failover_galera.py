@@ -127,17 +127,6 @@ def _conflicts(nodes: list[GaleraNode]) -> int:
     return sum(int(node.status(name) or 0) for node in nodes for name in names)
 
 
-async def _until(condition: Any, what: str, tasks: list[asyncio.Task[None]]) -> None:
-    deadline = time.monotonic() + PHASE_TIMEOUT
-    while not condition():
-        for task in tasks:
-            if task.done():
-                task.result()
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}", pytrace=False)
-        await asyncio.sleep(0.02)
-
-
 async def test_node_killed_calls_move_to_the_next(galera: GaleraCluster) -> None:
     victim, *others = alive(galera)[::-1]  # the last node: the other tests use the first two
     config = config_of(victim, *others)
@@ -149,29 +138,20 @@ async def test_node_killed_calls_move_to_the_next(galera: GaleraCluster) -> None
     writers = [asyncio.create_task(stream.writer_loop()) for _ in range(4)]
     waiters = [asyncio.create_task(stream.waiter(task_id, 60.0)) for task_id in waiter_ids]
     try:
-        await _until(lambda: len(stream.acked) >= 200, "writes", writers)
+        await stream.until(lambda: len(stream.acked) >= 200, "writes", writers)
         await asyncio.to_thread(victim.kill)
         stream.killed_at = stream.promoted_at = time.monotonic()  # nothing to promote
-        await _until(lambda: stream.acks_after(stream.killed_at or 0) >= 200, "resumed", writers)
+        await stream.until(
+            lambda: stream.acks_after(stream.killed_at or 0) >= 200, "resumed", writers
+        )
         stream.stop()  # the writers' part is done: spare the CPU
         for task_id in waiter_ids:
             await stream.store_retrying(task_id)
         await asyncio.wait_for(asyncio.gather(*waiters), 20.0)
     finally:
-        stream.stop()
-        for task in waiters:
-            task.cancel()
-        outcomes = await asyncio.gather(*writers, *waiters, return_exceptions=True)
+        await stream.finish(writers, waiters)
     try:
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException) and not isinstance(
-                outcome, asyncio.CancelledError
-            ):
-                raise outcome
-        found: dict[str, TaskResult] = {}
-        for start in range(0, len(stream.acked), 500):
-            found.update(await writer.get_results(stream.acked[start : start + 500]))
-        lost = [task_id for task_id in stream.acked if task_id not in found]
+        lost = await stream.lost(writer)
     finally:
         await client.disconnect()
         await writer.disconnect()

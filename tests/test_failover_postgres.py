@@ -58,17 +58,6 @@ def test_hosts_variable_names_both_servers(monkeypatch: pytest.MonkeyPatch) -> N
     assert explicit.sqlalchemy_url().query["target_session_attrs"] == "primary"
 
 
-async def _until(condition: object, what: str, tasks: list[asyncio.Task[None]]) -> None:
-    deadline = time.monotonic() + PHASE_TIMEOUT
-    while not condition():  # type: ignore[operator]
-        for task in tasks:
-            if task.done():
-                task.result()  # a writer's own failure (a raw driver error, a hang)
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}", pytrace=False)
-        await asyncio.sleep(0.02)
-
-
 async def _fail_over(
     pair: PostgresPair, detection_delay: float, wake_bound: float
 ) -> tuple[dict[str, Any], list[str], str]:
@@ -87,11 +76,11 @@ async def _fail_over(
     writers = [asyncio.create_task(stream.writer_loop()) for _ in range(WRITERS)]
     waiters = [asyncio.create_task(stream.waiter(task_id, 60.0)) for task_id in waiter_ids]
     try:
-        await _until(lambda: len(stream.acked) >= ACKS_BEFORE_KILL, "writes", writers)
+        await stream.until(lambda: len(stream.acked) >= ACKS_BEFORE_KILL, "writes", writers)
         # The waiters are registered before the kill. (chicory_result_waiters is UNLOGGED:
         # the registrations are not replicated, and the promoted standby has none.)
         count = f"SELECT count(*) FROM chicory_result_waiters WHERE task_id LIKE '{stream.prefix}%'"
-        await _until(
+        await stream.until(
             lambda: pair.primary.psql(count, "chicory") == str(WAITERS), "waiters", writers
         )
 
@@ -101,7 +90,7 @@ async def _fail_over(
         await asyncio.sleep(detection_delay)
         await asyncio.to_thread(pair.promote)
         stream.promoted_at = time.monotonic()
-        await _until(
+        await stream.until(
             lambda: stream.acks_after(stream.promoted_at or 0) >= ACKS_AFTER, "resumed", writers
         )
         stream.stop()  # the writers' part is done: spare the CPU
@@ -111,22 +100,13 @@ async def _fail_over(
         await asyncio.wait(waiters, timeout=wake_bound)
         late = [t - stored_for_waiters for t in stream.woken.values()]
     finally:
-        stream.stop()
-        for task in waiters:
-            task.cancel()
-        outcomes = await asyncio.gather(*writers, *waiters, return_exceptions=True)
-    for outcome in outcomes:
-        if isinstance(outcome, BaseException) and not isinstance(outcome, asyncio.CancelledError):
-            raise outcome
+        await stream.finish(writers, waiters)
     try:
         listeners = pair.standby.psql(
             "SELECT count(*) FROM pg_stat_activity "
             f"WHERE application_name = '{LISTENER_APPLICATION_NAME}'"
         )
-        found = {}
-        for start in range(0, len(stream.acked), 500):
-            found.update(await writer.get_results(stream.acked[start : start + 500]))
-        lost = [task_id for task_id in stream.acked if task_id not in found]
+        lost = await stream.lost(writer)
         maybe = await writer.get_results(stream.uncertain)
     finally:
         await client.disconnect()

@@ -43,17 +43,6 @@ def _wait_option(name: str) -> dict[str, Any]:
     return WAIT_OPTIONS[name]
 
 
-async def _until(condition: Callable[[], bool], what: str, tasks: list[asyncio.Task[None]]) -> None:
-    deadline = time.monotonic() + PHASE_TIMEOUT
-    while not condition():
-        for task in tasks:
-            if task.done():
-                task.result()  # a writer's own failure (a raw driver error, a hang)
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}", pytrace=False)
-        await asyncio.sleep(0.02)
-
-
 async def _run(
     label: str,
     config: RedisBackendConfig,
@@ -72,7 +61,7 @@ async def _run(
     writers = [asyncio.create_task(stream.writer_loop()) for _ in range(WRITERS)]
     waiters = [asyncio.create_task(stream.waiter(task_id, 90.0)) for task_id in waiter_ids]
     try:
-        await _until(lambda: len(stream.acked) >= ACKS_BEFORE_KILL, "writes", writers)
+        await stream.until(lambda: len(stream.acked) >= ACKS_BEFORE_KILL, "writes", writers)
         await asyncio.sleep(0.2)  # the waiters subscribed
         lag_from = time.monotonic()
         if before_kill is not None:
@@ -80,9 +69,9 @@ async def _run(
         await asyncio.to_thread(kill)
         stream.killed_at = time.monotonic()
         acked_at_kill = len(stream.acked)
-        await _until(promoted, "the replica promoted", writers)
+        await stream.until(promoted, "the replica promoted", writers)
         stream.promoted_at = time.monotonic()
-        await _until(
+        await stream.until(
             lambda: stream.acks_after(stream.promoted_at or 0) >= ACKS_AFTER, "resumed", writers
         )
         stream.stop()  # the writers' part is done: spare the CPU
@@ -92,20 +81,9 @@ async def _run(
         await asyncio.wait_for(asyncio.gather(*waiters), 20.0)
         late = [t - stored_for_waiters for t in stream.woken.values()]
     finally:
-        stream.stop()
-        for task in waiters:
-            task.cancel()
-        outcomes = await asyncio.gather(*writers, *waiters, return_exceptions=True)
+        await stream.finish(writers, waiters)
     try:
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException) and not isinstance(
-                outcome, asyncio.CancelledError
-            ):
-                raise outcome
-        found = {}
-        for start in range(0, len(stream.acked), 500):
-            found.update(await writer.get_results(stream.acked[start : start + 500]))
-        lost = [task_id for task_id in stream.acked if task_id not in found]
+        lost = await stream.lost(writer)
         maybe = await writer.get_results(stream.uncertain)
     finally:
         await client.disconnect()
