@@ -55,7 +55,13 @@ from chicory_backends.sql.backend import DatabaseBackend
 from chicory_backends.sql.drivers import driver_for
 from chicory_backends.sql.engine import translate_error
 from chicory_backends.sql.maintenance import Progress
-from chicory_backends.sql.migrate import alembic_config, database_revision
+from chicory_backends.sql.migrate import (
+    UpgradePlan,
+    alembic_config,
+    database_revision,
+    plan_upgrade,
+    revision_steps,
+)
 from chicory_backends.types import (
     BackendStatus,
     BackendType,
@@ -246,6 +252,12 @@ def build_parser() -> argparse.ArgumentParser:
         "migrate", parents=common, help="upgrade the schema to head (alembic upgrade head)"
     )
     migrate.add_argument("--sql", action="store_true", help="print the SQL instead of running it")
+    migrate.add_argument(
+        "--check",
+        action="store_true",
+        help="print what the upgrade would find and do (Chicory's own tables, row counts, "
+        "the steps, an estimated time) and change nothing; exit 1 when an upgrade is due",
+    )
     migrate.set_defaults(handler=run_migrate)
 
     ini = commands.add_parser(
@@ -500,6 +512,8 @@ def run_migrate(args: argparse.Namespace, target: Target) -> int:
         emit(args, {"backend": target.kind.value, "sql": sql}, sql.rstrip("\n"))
         return EXIT_OK
 
+    if args.check:
+        return report_plan(args, target, asyncio.run(plan_upgrade(config)))
     if not driver_for(config).session_pinned:
         # The migration lock is a session-wide advisory lock: through transaction pooling
         # it would stay behind on whichever server connection took it.
@@ -508,6 +522,7 @@ def run_migrate(args: argparse.Namespace, target: Target) -> int:
             "with CHICORY_BACKEND_POSTGRES_PGBOUNCER=false and the server's own address"
         )
     before = asyncio.run(database_revision(config))
+    alembic_cfg.attributes["on_version_apply"] = step_progress(args.json)
     run_alembic(config, lambda: command.upgrade(alembic_cfg, "head"))
     after = asyncio.run(database_revision(config))
     if before == after:
@@ -523,6 +538,55 @@ def run_migrate(args: argparse.Namespace, target: Target) -> int:
     }
     emit(args, payload, text)
     return EXIT_OK
+
+
+def step_progress(quiet: bool) -> Callable[..., None]:
+    """A line on stderr as each revision is applied, with the time it took."""
+    last = [time.monotonic()]
+
+    def show(*, step: Any, **_: Any) -> None:
+        now = time.monotonic()
+        if not quiet:
+            print(
+                f"migrate: applied {step.up_revision_id}: {step.up_revision.doc.splitlines()[0]}"
+                f" ({now - last[0]:.1f}s)",
+                file=sys.stderr,
+                flush=True,
+            )
+        last[0] = now
+
+    return show
+
+
+def report_plan(args: argparse.Namespace, target: Target, plan: UpgradePlan) -> int:
+    """``migrate --check``: what was found, what would run; exit 1 when an upgrade is due."""
+    docs = dict(revision_steps())
+    found = (
+        "Chicory 0.1.0's own tables (adopted in place by revision 0001, rows kept)"
+        if plan.chicory_tables
+        else f"revision {plan.revision}"
+        if plan.revision
+        else "no schema"
+    )
+    lines = [f"{target.label}: found {found}"]
+    lines += [f"  {table}: {count} rows" for table, count in plan.rows.items()]
+    if plan.needed:
+        lines.append(f"upgrade to {plan.head} would apply:")
+        lines += [f"  {revision}: {docs[revision].splitlines()[0]}" for revision in plan.steps]
+        lines.append(f"estimated time: about {max(plan.estimated_seconds, 0.1):.1f}s")
+    else:
+        lines.append(f"schema at head ({plan.head}): nothing to do")
+    payload = {
+        "backend": target.kind.value,
+        "revision": plan.revision,
+        "head": plan.head,
+        "chicory_tables": plan.chicory_tables,
+        "rows": plan.rows,
+        "steps": plan.steps,
+        "estimated_seconds": round(plan.estimated_seconds, 1),
+    }
+    emit(args, payload, "\n".join(lines))
+    return EXIT_RUNTIME if plan.needed else EXIT_OK
 
 
 def run_alembic_ini(args: argparse.Namespace) -> int:

@@ -60,6 +60,11 @@ class SQLBackendConfig(_Settings):
         default=False, description="Upgrade the schema at connect() instead of refusing"
     )
     cleanup_batch_size: int = Field(default=5000, ge=1)
+    write_chicory_format: bool = Field(
+        default=False,
+        description="Also write Chicory 0.1.0's result_json, for its own clients during a "
+        "switch (sql/adopt.py); off: our writes clear it",
+    )
 
     def sqlalchemy_url(self) -> URL:
         """The URL with the password inside; URL's own repr masks it."""

@@ -53,17 +53,26 @@ class PoolExhaustedError(ChicoryBackendError):
 
 
 class SchemaNotReadyError(ChicoryBackendError):
-    """The tables are missing or older than this library expects."""
+    """The tables are missing, older than this library expects, Chicory's own, or not
+    what the version table claims; the message names what was found and the one command
+    that fixes it."""
 
-    def __init__(self, found: str | None, expected: str) -> None:
+    UPGRADE = (
+        "run 'alembic upgrade head' (or 'chicory-backends migrate', "
+        "or set auto_migrate=True in the backend config)"
+    )
+
+    def __init__(
+        self, found: str | None, expected: str, *, what: str | None = None, fix: str | None = None
+    ) -> None:
         self.found = found
         self.expected = expected
-        where = "missing" if found is None else f"at revision {found}"
-        super().__init__(
-            f"the result-backend schema is {where}, this library needs revision {expected}: "
-            "run 'alembic upgrade head' (or 'chicory-backends migrate', "
-            "or set auto_migrate=True in the backend config)"
+        where = what or (
+            "the result-backend schema is missing"
+            if found is None
+            else f"the result-backend schema is at revision {found}"
         )
+        super().__init__(f"{where}; this library needs revision {expected}: {fix or self.UPGRADE}")
 
 
 class ResultNotSerializableError(ChicoryBackendError):

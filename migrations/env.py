@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import asyncio
 from logging.config import fileConfig
+from typing import Any
 
+import sqlalchemy as sa
 from alembic import context
 from sqlalchemy import Connection
 
 from chicory_backends.config import SQLBackendConfig
 from chicory_backends.errors import DriverNotInstalledError
 from chicory_backends.factory import config_for, require_driver, sql_config_from_url
+from chicory_backends.sql.adopt import ADOPTION_TABLE
 from chicory_backends.sql.engine import create_engine
 from chicory_backends.sql.migrate import VERSION_TABLE, migration_lock
 from chicory_backends.sql.schema import POSTGRESQL_ONLY_TABLES, metadata
@@ -44,17 +47,36 @@ def _backend_config() -> SQLBackendConfig:
 def _include_object(
     _object: object, name: str | None, type_: str, reflected: bool, _compare_to: object
 ) -> bool:
-    """Leave the PostgreSQL-only tables (revision 0003's waiters) out of autogenerate: they
-    are not in the shared metadata, which describes the tables of every dialect."""
-    return not (type_ == "table" and name in POSTGRESQL_ONLY_TABLES)
+    """Leave the PostgreSQL-only tables (revision 0003's waiters) and the adoption marker
+    (sql/adopt.py) out of autogenerate: they are not in the shared metadata, which
+    describes the tables of every dialect."""
+    return not (type_ == "table" and name in (*POSTGRESQL_ONLY_TABLES, ADOPTION_TABLE))
+
+
+def _compare_type(
+    _context: object,
+    inspected: Any,
+    metadata_column: Any,
+    inspected_type: Any,
+    metadata_type: Any,
+) -> bool | None:
+    """``state`` is VARCHAR(16) where we created the table and VARCHAR(50) where Chicory
+    did (adopted in place, never rewritten): both hold every state. Anything else: the
+    default comparison."""
+    if metadata_column.name == "state" and isinstance(inspected_type, sa.String):
+        return inspected_type.length not in (16, 50)
+    return None
 
 
 def _configure(**kwargs: object) -> None:
+    # The CLI's progress lines: called after each revision is applied.
+    if (on_version_apply := config.attributes.get("on_version_apply")) is not None:
+        kwargs["on_version_apply"] = on_version_apply
     context.configure(
         target_metadata=metadata,
         include_object=_include_object,
         version_table=VERSION_TABLE,
-        compare_type=True,
+        compare_type=_compare_type,
         render_as_batch=True,
         **kwargs,  # type: ignore[arg-type]
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, TypeVar
@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chicory_backends import coalesce
 from chicory_backends.base import Backend, check_heartbeat_ttl
+from chicory_backends.chicory_format import decode_chicory_result, encode_chicory_result
 from chicory_backends.coalesce import Coalescer
 from chicory_backends.codec import (
     build_result,
@@ -31,7 +32,6 @@ from chicory_backends.errors import (
     CorruptResultError,
     DatabaseError,
     NotConnectedError,
-    SchemaNotReadyError,
 )
 from chicory_backends.history import (
     HistoryQuery,
@@ -57,9 +57,8 @@ from chicory_backends.sql.engine import create_engine, translate_error
 from chicory_backends.sql.execution import HeldConnection, batch_on_pool, on_driver, on_pool
 from chicory_backends.sql.internals import greenlet_spawn
 from chicory_backends.sql.maintenance import Progress
-from chicory_backends.sql.migrate import current_revision, upgrade_in_process
+from chicory_backends.sql.migrate import current_revision, schema_problem, upgrade_in_process
 from chicory_backends.sql.notify import WaiterRegistry, connect_listener
-from chicory_backends.sql.schema import SCHEMA_REVISION
 from chicory_backends.types import (
     BackendStatus,
     TaskDetails,
@@ -131,12 +130,13 @@ class DatabaseBackend(Backend):
                 await upgrade_in_process(self.config, engine)
             async with engine.connect() as connection:
                 found = await current_revision(connection)
+                problem = await connection.run_sync(schema_problem, found)
         except Exception as error:
             await engine.dispose()
             raise translate_error(error, self.config) from None
-        if found != SCHEMA_REVISION:
+        if problem is not None:
             await engine.dispose()
-            raise SchemaNotReadyError(found, SCHEMA_REVISION)
+            raise problem
         self._statements = statements_for(engine.dialect, self.config.cleanup_batch_size)
         self._driver_statements = self._compile_for_driver(engine, self._statements)
         if self._driver_statements and not self._driver.single_connection:
@@ -190,6 +190,9 @@ class DatabaseBackend(Backend):
             "result": value,
             "error": error,
             "traceback": traceback,
+            "result_json": encode_chicory_result(task_id, state, value, error, traceback)
+            if self.config.write_chicory_format
+            else None,
             "created_at": now,
             "updated_at": now,
             "expires_at": self._expiry(now),
@@ -225,7 +228,7 @@ class DatabaseBackend(Backend):
     async def _read_one(self, _group: Hashable, task_id: str) -> TaskResult | None:
         stmts = self._require()
         rows = await self._fetch(stmts.get_result, {"task_id": task_id, "now": _utcnow()})
-        return build_result(*rows[0]) if rows else None
+        return _result_of(rows[0]) if rows else None
 
     async def _read_batch(self, _group: Hashable, task_ids: list[str]) -> list[TaskResult | None]:
         found = await self.get_results(task_ids)
@@ -237,7 +240,7 @@ class DatabaseBackend(Backend):
         if not wanted:
             return {}
         rows = await self._fetch(stmts.get_results, {"task_ids": wanted, "now": _utcnow()})
-        return {row[0]: build_result(*row) for row in rows}
+        return {row[0]: _result_of(row) for row in rows}
 
     async def delete_result(self, task_id: str) -> None:
         stmts = self._require()
@@ -250,7 +253,7 @@ class DatabaseBackend(Backend):
         rows = await self._fetch(
             stmts.get_task, {"task_id": check_task_id(task_id), "now": _utcnow()}
         )
-        return record_from_row(RECORD_COLUMNS, rows[0]) if rows else None
+        return _record_of(RECORD_COLUMNS, rows[0]) if rows else None
 
     async def query_tasks(self, query: HistoryQuery) -> TaskPage:
         """One statement through an index (sql/schema.py HISTORY_INDEXES): the filters
@@ -269,7 +272,7 @@ class DatabaseBackend(Backend):
             params["after_created_at"] = query.after.created_at
             params["after_task_id"] = query.after.task_id
         rows = await self._fetch(history_page(stmts, shape), params)
-        items = [record_from_row(PAGE_COLUMNS, row) for row in rows[: query.limit]]
+        items = [_record_of(PAGE_COLUMNS, row) for row in rows[: query.limit]]
         more = len(rows) > query.limit
         last = items[-1] if more else None
         return TaskPage(
@@ -354,13 +357,15 @@ class DatabaseBackend(Backend):
         check_heartbeat_ttl(ttl)
         stmts = self._require()
         now = _utcnow()
+        encoded = encode_stats(stats)
         await self._execute(
             stmts.store_heartbeat,
             {
                 "worker_id": check_task_id(worker_id),
-                "stats": encode_stats(stats),
+                "stats": encoded,
                 "updated_at": now,
                 "expires_at": now + timedelta(seconds=ttl),
+                "heartbeat_json": encoded if self.config.write_chicory_format else None,
             },
         )
 
@@ -369,12 +374,12 @@ class DatabaseBackend(Backend):
         rows = await self._fetch(
             stmts.get_heartbeat, {"worker_id": check_task_id(worker_id), "now": _utcnow()}
         )
-        return decode_stats(*rows[0]) if rows else None
+        return _stats_of(rows[0]) if rows else None
 
     async def get_active_workers(self) -> list[WorkerStats]:
         stmts = self._require()
         rows = await self._fetch(stmts.get_active_workers, {"now": _utcnow()})
-        return [decode_stats(*row) for row in rows]
+        return [_stats_of(row) for row in rows]
 
     async def cleanup_stale_clients(self, stale_seconds: float = 60.0) -> int:
         async with self._connected_for_maintenance():
@@ -621,6 +626,35 @@ STALE_WAITER_AGE = timedelta(days=1)
 # The bounds of an open time window: before and after any task (every dialect's range).
 WINDOW_START = datetime(1970, 1, 1, tzinfo=UTC)
 WINDOW_END = datetime(9999, 1, 1, tzinfo=UTC)
+
+
+def _result_of(row: Sequence[Any]) -> TaskResult:
+    """A result row: ``task_id, state, result, error, traceback, result_json``. A row that
+    Chicory's own backend wrote (result_json set) is read from its document."""
+    task_id, state, value, error, traceback, chicory_document = row
+    if chicory_document is not None:
+        return decode_chicory_result(task_id, chicory_document, state)
+    return build_result(task_id, state, value, error, traceback)
+
+
+def _record_of(columns: Sequence[str], row: Sequence[Any]) -> TaskRecord:
+    """A history row whose last column is Chicory's document: where it is set, the
+    record's result, error and traceback come from it (adopted rows have no history)."""
+    record = record_from_row(columns[:-1], row[:-1])
+    if row[-1] is not None:
+        stored = decode_chicory_result(record.task_id, row[-1], record.state)
+        whole = "result" in columns
+        record = record.model_copy(
+            update={"error": stored.error}
+            | ({"result": stored.result, "traceback": stored.traceback} if whole else {})
+        )
+    return record
+
+
+def _stats_of(row: Sequence[Any]) -> WorkerStats:
+    """A heartbeat row, ``worker_id, stats, heartbeat_json``: ours, or Chicory's worker's."""
+    worker_id, stats, chicory_heartbeat = row
+    return decode_stats(worker_id, stats if stats is not None else chicory_heartbeat)
 
 
 def _utcnow() -> datetime:

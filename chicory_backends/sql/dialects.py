@@ -59,9 +59,11 @@ HISTORY_COLUMNS = (
 FILL_COLUMNS = frozenset({"name", "queue", "enqueued_at", "args"})
 KEEP_COLUMNS = frozenset({"worker_id", "started_at"})
 
+# ``result_json``: Chicory 0.1.0's document (sql/adopt.py), which a store of ours clears
+# (or rewrites, with write_chicory_format) and a set_state of ours leaves as it is.
 RESULT_INSERT_COLUMNS = (
-    "task_id", "state", "result", "error", "traceback", "created_at", "updated_at",
-    "expires_at", *HISTORY_COLUMNS,
+    "task_id", "state", "result", "error", "traceback", "result_json", "created_at",
+    "updated_at", "expires_at", *HISTORY_COLUMNS,
 )  # fmt: skip
 STATE_INSERT_COLUMNS = (
     "task_id", "state", "created_at", "updated_at", "expires_at", *HISTORY_COLUMNS
@@ -70,19 +72,27 @@ STATE_INSERT_COLUMNS = (
 # assignments left to right and later ones see earlier results, and the guard reads both.
 _GUARDED_LAST = ("attempts", "state")
 RESULT_UPDATE_COLUMNS = (
-    "name", "queue", "enqueued_at", "args", "result", "error", "traceback", "updated_at",
-    "expires_at", "worker_id", "started_at", "finished_at", *_GUARDED_LAST,
+    "name", "queue", "enqueued_at", "args", "result", "error", "traceback", "result_json",
+    "updated_at", "expires_at", "worker_id", "started_at", "finished_at", *_GUARDED_LAST,
 )  # fmt: skip
 STATE_UPDATE_COLUMNS = tuple(
-    name for name in RESULT_UPDATE_COLUMNS if name not in ("result", "error", "traceback")
+    name
+    for name in RESULT_UPDATE_COLUMNS
+    if name not in ("result", "error", "traceback", "result_json")
 )
-HEARTBEAT_COLUMNS = ("worker_id", "stats", "updated_at", "expires_at")
-# What a page of list_tasks carries; get_task adds the rest (TaskRecord).
-PAGE_COLUMNS = (
+# heartbeat_json: Chicory's own clients read it (write_chicory_format); null otherwise.
+HEARTBEAT_COLUMNS = ("worker_id", "stats", "updated_at", "expires_at", "heartbeat_json")
+# A row Chicory's own backend wrote carries its document; reads decode it instead
+# (sql/backend.py), so every read of a result selects it last.
+CHICORY_DOCUMENT = "result_json"
+# What a page of list_tasks carries; get_task adds the rest (TaskRecord). Both end in
+# Chicory's document, the source of an adopted row's result, error and traceback.
+_LISTED = (
     "task_id", "state", "name", "queue", "worker_id", "attempts", "enqueued_at",
     "started_at", "finished_at", "created_at", "updated_at", "error",
 )  # fmt: skip
-RECORD_COLUMNS = (*PAGE_COLUMNS, "result", "traceback", "args")
+PAGE_COLUMNS = (*_LISTED, CHICORY_DOCUMENT)
+RECORD_COLUMNS = (*_LISTED, "result", "traceback", "args", CHICORY_DOCUMENT)
 
 
 @dataclass(frozen=True)
@@ -262,10 +272,12 @@ _select_results = select(
     task_results.c.result,
     task_results.c.error,
     task_results.c.traceback,
+    task_results.c[CHICORY_DOCUMENT],
 ).where(or_(task_results.c.expires_at.is_(None), task_results.c.expires_at > bindparam("now")))
-_select_heartbeats = select(worker_heartbeats.c.worker_id, worker_heartbeats.c.stats).where(
-    worker_heartbeats.c.expires_at > bindparam("now")
-)
+# Ours in stats, a heartbeat of Chicory's own worker in heartbeat_json.
+_select_heartbeats = select(
+    worker_heartbeats.c.worker_id, worker_heartbeats.c.stats, worker_heartbeats.c.heartbeat_json
+).where(worker_heartbeats.c.expires_at > bindparam("now"))
 
 
 def _any_of_ids(dialect_name: str) -> ColumnElement[bool]:
@@ -498,7 +510,8 @@ def migration_lock_for(dialect: Dialect) -> MigrationLock:
 
 _ARRAY_TYPES = {
     "task_id": "text[]", "state": "text[]", "result": "jsonb[]", "error": "text[]",
-    "traceback": "text[]", "created_at": "timestamptz[]", "updated_at": "timestamptz[]",
+    "traceback": "text[]", "result_json": "text[]", "created_at": "timestamptz[]",
+    "updated_at": "timestamptz[]",
     "expires_at": "timestamptz[]", "name": "text[]", "queue": "text[]",
     "worker_id": "text[]", "attempts": "int[]", "enqueued_at": "timestamptz[]",
     "started_at": "timestamptz[]", "finished_at": "timestamptz[]", "args": "jsonb[]",

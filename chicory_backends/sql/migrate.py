@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from alembic import command
@@ -18,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.util.concurrency import await_, in_greenlet
 
 from chicory_backends.config import SQLBackendConfig
+from chicory_backends.errors import SchemaNotReadyError
 from chicory_backends.sql.dialects import migration_lock_for
 
 # Our own version table, so our revisions never mix with those of an application that
@@ -52,6 +54,47 @@ async def current_revision(connection: AsyncConnection) -> str | None:
             return None
         raise
     return result.scalar_one_or_none()
+
+
+def schema_problem(connection: Connection, found: str | None) -> SchemaNotReadyError | None:
+    """Why this database cannot be used at the version ``found``, or None when it can.
+
+    Looks at the tables themselves, not only at the version table: Chicory 0.1.0's own
+    tables (adopted by the upgrade), and a version that claims more than the tables hold
+    (``alembic stamp`` on a database that was never migrated) are named as such.
+    """
+    from chicory_backends.sql.adopt import inspect_layout
+    from chicory_backends.sql.schema import SCHEMA_REVISION, metadata
+
+    layout = inspect_layout(connection)
+    if layout.has_chicory_tables:
+        return SchemaNotReadyError(
+            found,
+            SCHEMA_REVISION,
+            what="the database holds Chicory 0.1.0's own tables (chicory_task_results with "
+            "result_json)",
+            fix="run 'chicory-backends migrate' (or 'alembic upgrade head', or set "
+            "auto_migrate=True), which adopts them in place and keeps every result; "
+            "'chicory-backends migrate --check' shows the plan and changes nothing",
+        )
+    if found != SCHEMA_REVISION:
+        return SchemaNotReadyError(found, SCHEMA_REVISION)
+    expected = {
+        table.name: {column.name for column in table.columns} for table in metadata.sorted_tables
+    }
+    missing = layout.missing_columns(expected)
+    if missing:
+        named = "; ".join(
+            f"{table} lacks {', '.join(sorted(cols))}" for table, cols in missing.items()
+        )
+        return SchemaNotReadyError(
+            found,
+            SCHEMA_REVISION,
+            what=f"the version table says revision {found} but {named}",
+            fix="the version was stamped on tables that do not hold this schema: run "
+            "'alembic stamp base', then 'alembic upgrade head'",
+        )
+    return None
 
 
 # As long as GET_LOCK waits on MySQL/MariaDB; a migration takes well under a second.
@@ -207,3 +250,75 @@ async def upgrade_in_process(config: SQLBackendConfig, engine: AsyncEngine) -> N
         finally:
             if not shared:
                 await migrator.dispose()
+
+
+# -- what an upgrade would do (``chicory-backends migrate --check``) ----------------------
+
+# Rows per second of the adoption's only work that grows with the table: index builds
+# (revision 0004's three and 0001's expires_at) and, on MySQL/MariaDB, one rewrite of the
+# table. Measured by `make bench-adopt` on 2 shared cores (README); an estimate, not a
+# promise, and an order of magnitude is all it claims.
+ADOPTION_ROWS_PER_SECOND = {"postgresql": 400_000, "mysql": 60_000, "sqlite": 300_000}
+
+
+@dataclass(frozen=True)
+class UpgradePlan:
+    """What ``alembic upgrade head`` would find and do; nothing is changed to learn it."""
+
+    revision: str | None
+    head: str
+    chicory_tables: bool
+    rows: dict[str, int]
+    steps: list[str]
+    estimated_seconds: float
+
+    @property
+    def needed(self) -> bool:
+        return bool(self.steps)
+
+
+def _plan_on(connection: Connection, head: str, steps: list[str]) -> UpgradePlan:
+    from chicory_backends.sql.adopt import count_rows, inspect_layout
+
+    layout = inspect_layout(connection)
+    rows = count_rows(connection, layout)
+    dialect = "mysql" if connection.dialect.name == "mariadb" else connection.dialect.name
+    rate = ADOPTION_ROWS_PER_SECOND.get(dialect, 100_000)
+    revision = _revision_on(connection)
+    done = steps.index(revision) + 1 if revision in steps else 0
+    pending = steps[done:] if revision is None or revision in steps else []
+    estimate = sum(rows.values()) / rate if pending else 0.0
+    return UpgradePlan(revision, head, layout.has_chicory_tables, rows, pending, estimate)
+
+
+def _revision_on(connection: Connection) -> str | None:
+    from sqlalchemy import inspect
+
+    if VERSION_TABLE not in inspect(connection).get_table_names():
+        return None
+    return connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()  # noqa: S608 - our table
+
+
+def revision_steps() -> list[tuple[str, str]]:
+    """Every revision from the first to head, each with the first line of its docstring."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(alembic_config())
+    revisions = list(script.walk_revisions("base", "heads"))
+    revisions.reverse()
+    return [(rev.revision, (rev.doc or "").splitlines()[0]) for rev in revisions]
+
+
+async def plan_upgrade(config: SQLBackendConfig) -> UpgradePlan:
+    """Look at the database ``config`` names and say what an upgrade to head would do."""
+    from chicory_backends.sql.engine import create_engine, translate_error
+
+    steps = [revision for revision, _doc in revision_steps()]
+    engine = create_engine(config)
+    try:
+        async with engine.connect() as connection:
+            return await connection.run_sync(_plan_on, steps[-1], steps)
+    except Exception as error:
+        raise translate_error(error, config) from None
+    finally:
+        await engine.dispose()

@@ -22,7 +22,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeEngine
 
 # The Alembic revision these tables correspond to; connect() refuses any other.
-SCHEMA_REVISION = "0004"
+SCHEMA_REVISION = "0005"
 
 metadata = MetaData()
 
@@ -111,6 +111,10 @@ task_results = Table(
     Column("started_at", UtcDateTime, nullable=True),
     Column("finished_at", UtcDateTime, nullable=True),
     Column("args", JsonDocument, nullable=True),
+    # Chicory 0.1.0's own document (revision 0005, sql/adopt.py): read instead of the
+    # columns above while it is set; our writes clear it (or rewrite it, with
+    # write_chicory_format), Chicory's own workers write it during a switch.
+    Column("result_json", LongText, nullable=True),
     Index("ix_chicory_task_results_updated_at", "updated_at"),
     Index("ix_chicory_task_results_expires_at", "expires_at"),
     *HISTORY_INDEXES,
@@ -121,9 +125,11 @@ worker_heartbeats = Table(
     "chicory_worker_heartbeats",
     metadata,
     Column("worker_id", IdString(), primary_key=True),
-    Column("stats", JsonDocument, nullable=False),
+    # Ours in ``stats``; a heartbeat of Chicory's own worker in ``heartbeat_json`` (0005).
+    Column("stats", JsonDocument, nullable=True),
     Column("updated_at", UtcDateTime, nullable=False),
     Column("expires_at", UtcDateTime, nullable=False),
+    Column("heartbeat_json", LongText, nullable=True),
     Index("ix_chicory_worker_heartbeats_expires_at", "expires_at"),
     mysql_charset="utf8mb4",
 )

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
+from chicory_backends.sql.adopt import inspect_layout
 from chicory_backends.sql.schema import IdString, JsonDocument, UtcDateTime
 
 revision: str = "0004"
@@ -46,12 +47,18 @@ def _columns() -> list[sa.Column[object]]:
 
 def upgrade() -> None:
     # batch_alter_table: one ALTER where the dialect can, a table copy on SQLite only when
-    # it must (adding nullable columns and indexes needs none).
+    # it must (adding nullable columns and indexes needs none). Online, only what is still
+    # missing: a rerun after a migration that died between two DDL statements (MariaDB and
+    # SQLite commit each one) finishes it.
+    layout = None if op.get_context().as_sql else inspect_layout(op.get_bind())
+    present = layout.tables.get(TABLE, set()) if layout else set()
     with op.batch_alter_table(TABLE) as batch:
         for column in _columns():
-            batch.add_column(column)
+            if column.name not in present:
+                batch.add_column(column)
     for name, columns in INDEXES.items():
-        op.create_index(name, TABLE, columns)
+        if layout is None or name not in layout.indexes:
+            op.create_index(name, TABLE, columns)
 
 
 def downgrade() -> None:

@@ -48,7 +48,16 @@ def test_the_redis_backend_never_imports_sql(path: Path) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["result.py", "waiting.py", "coalesce.py", "base.py", "codec.py", "types.py", "history.py"],
+    [
+        "result.py",
+        "waiting.py",
+        "coalesce.py",
+        "base.py",
+        "codec.py",
+        "types.py",
+        "history.py",
+        "chicory_format.py",
+    ],
 )
 def test_shared_pieces_import_no_driver(name: str) -> None:
     tops = {_top(m) for m in imports_of(PACKAGE / name)}

@@ -1,0 +1,278 @@
+"""Taking over a database that Chicory 0.1.0's own ``DatabaseBackend`` wrote, and giving it back.
+
+Chicory's backend creates tables with our names but its own columns::
+
+    chicory_task_results(task_id, state, result_json, created_at, updated_at)
+    chicory_worker_heartbeats(worker_id, heartbeat_json, expires_at, updated_at)
+
+``result_json`` holds the JSON of Chicory's ``TaskResult`` (chicory_format.py).
+
+**The design: in place, with a lazy read of Chicory's column.** Adoption (revision 0001,
+when it finds these tables) keeps the tables and every row where they are and only adds
+our columns; ``result_json`` and ``heartbeat_json`` stay, as columns of our schema
+(revision 0005 adds them to databases that never held Chicory's). A row whose
+``result_json`` is set is read from it (its ``state`` column stays the state), a row
+without from our columns; every ``store_result`` of ours clears ``result_json`` (or, with
+``write_chicory_format``, writes it afresh). The trade-off, against renaming Chicory's
+tables aside and copying their rows into new ones:
+
+- no row is copied or rewritten, so adoption takes the time of its DDL, whatever the row
+  count: adding nullable columns is a catalogue change on PostgreSQL, MariaDB and SQLite;
+  only MySQL/MariaDB rewrite the table once (timestamps to microseconds, byte-exact ids),
+  which MariaDB does with the table locked for writes for the length of a copy;
+- Chicory's own workers and clients keep working on the same table during a rolling
+  switch: they read and write ``result_json``, which we read first;
+- the price: a read of an adopted row decodes Chicory's document, a page of
+  ``list_tasks`` carries ``result_json`` to show an adopted row's error, and adopted rows
+  have no history (name, attempts, start and finish times are unknown; created_at and
+  updated_at are Chicory's).
+
+Every step checks before it acts, so a migration killed halfway (a SIGKILL between two
+DDL statements on MariaDB or SQLite, which commit each one) is finished by running the
+same command again; on PostgreSQL the DDL is transactional and nothing is half-done.
+The downgrade below 0001 on an adopted database gives Chicory's layout back: every row
+that has no ``result_json`` (ours, written since) gets one, in batches, then our columns
+and indexes go and Chicory's indexes return. Databases that never held Chicory's tables
+are recorded as such, and there the downgrade drops our tables as before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import Connection
+
+from chicory_backends.chicory_format import encode_chicory_result
+
+RESULTS = "chicory_task_results"
+HEARTBEATS = "chicory_worker_heartbeats"
+# One row, present exactly when our tables were made from Chicory's (never in
+# schema.metadata: migrations/env.py leaves it out of `alembic check`).
+ADOPTION_TABLE = "chicory_adoption"
+CHICORY_RESULT_COLUMN = "result_json"
+CHICORY_HEARTBEAT_COLUMN = "heartbeat_json"
+# Chicory's indexes that ours replace: ``ix_chicory_task_results_created_at`` is also the
+# name of our (created_at, task_id) index (revision 0004); ours on state starts with it.
+CHICORY_ONLY_INDEXES = {
+    RESULTS: {
+        "ix_chicory_task_results_created_at": ["created_at"],
+        "ix_chicory_task_results_state": ["state"],
+    },
+    HEARTBEATS: {"ix_chicory_worker_heartbeats_updated_at": ["updated_at"]},
+}
+RESTORE_BATCH_SIZE = 5000
+
+
+@dataclass(frozen=True)
+class StoreLayout:
+    """What a database holds, as far as our tables go (``inspect_layout``)."""
+
+    tables: dict[str, set[str]] = field(default_factory=dict)  # table -> its columns
+    indexes: set[str] = field(default_factory=set)  # the names of our tables' indexes
+    adopted: bool = False  # the adoption marker is there
+
+    @property
+    def has_chicory_tables(self) -> bool:
+        """Chicory 0.1.0's own results table, not yet (or not fully) adopted."""
+        columns = self.tables.get(RESULTS, set())
+        return CHICORY_RESULT_COLUMN in columns and "result" not in columns
+
+    def missing_columns(self, expected: dict[str, set[str]]) -> dict[str, set[str]]:
+        """Per table of ``expected``, the columns this database lacks (all of them when
+        the table is missing)."""
+        return {
+            table: columns - self.tables.get(table, set())
+            for table, columns in expected.items()
+            if columns - self.tables.get(table, set())
+        }
+
+
+def inspect_layout(connection: Connection) -> StoreLayout:
+    """Read our tables' columns and the adoption marker (a few catalogue queries)."""
+    inspector = sa.inspect(connection)
+    names = set(inspector.get_table_names())
+    tables = {
+        table: {column["name"] for column in inspector.get_columns(table)}
+        for table in (RESULTS, HEARTBEATS)
+        if table in names
+    }
+    indexes = {str(index["name"]) for table in tables for index in inspector.get_indexes(table)}
+    return StoreLayout(tables=tables, indexes=indexes, adopted=ADOPTION_TABLE in names)
+
+
+def count_rows(connection: Connection, layout: StoreLayout) -> dict[str, int]:
+    """Rows per table of ours that exists (an exact count: a full scan of an index)."""
+    return {
+        table: connection.execute(
+            sa.select(sa.func.count()).select_from(sa.table(table))
+        ).scalar_one()
+        for table in layout.tables
+    }
+
+
+# -- the upgrade: Chicory's tables become ours -----------------------------------------
+
+
+def adopt_chicory_tables(op: Any, layout: StoreLayout | None) -> None:
+    """Revision 0001's upgrade on a database holding Chicory's tables: add our columns,
+    drop Chicory's indexes that ours replace, record the adoption. ``layout`` is None
+    offline (``--sql``), where every step is written out; online each step runs only if
+    it is still to do."""
+    dialect = op.get_context().dialect.name
+    from chicory_backends.sql.schema import JsonDocument, LongText, UtcDateTime
+
+    results = layout.tables.get(RESULTS, set()) if layout else set()
+    beats = layout.tables.get(HEARTBEATS, set()) if layout else set()
+    indexes = (
+        layout.indexes
+        if layout
+        else {name for names in CHICORY_ONLY_INDEXES.values() for name in names}
+    )
+    if dialect in ("mysql", "mariadb"):
+        _adopt_mysql(op, results, beats)
+    else:
+        for table, chicory_indexes in CHICORY_ONLY_INDEXES.items():
+            for name in chicory_indexes:
+                if name in indexes:
+                    op.drop_index(name, table_name=table)
+        for name, type_ in (
+            ("result", JsonDocument),
+            ("error", LongText),
+            ("traceback", LongText),
+            ("expires_at", UtcDateTime),
+        ):
+            if name not in results:
+                op.add_column(RESULTS, sa.Column(name, type_, nullable=True))
+        if "stats" not in beats:
+            if layout is not None and dialect == "sqlite":
+                # What a batch copy killed halfway leaves behind (SQLite rolls the copy
+                # back, not the CREATE of its temporary table); the table itself is intact.
+                op.execute(f"DROP TABLE IF EXISTS _alembic_tmp_{HEARTBEATS}")
+            # Our heartbeats fill stats only: Chicory's heartbeat_json becomes nullable
+            # (on SQLite a copy of the heartbeats table, a few rows).
+            with op.batch_alter_table(HEARTBEATS, copy_from=_chicory_heartbeats()) as batch:
+                batch.add_column(sa.Column("stats", JsonDocument, nullable=True))
+                batch.alter_column(CHICORY_HEARTBEAT_COLUMN, existing_type=sa.Text(), nullable=True)
+    if layout is None or "ix_chicory_task_results_expires_at" not in layout.indexes:
+        op.create_index("ix_chicory_task_results_expires_at", RESULTS, ["expires_at"])
+    if layout is None or not layout.adopted:
+        # Last: the marker says the steps above are all done.
+        marker = op.create_table(
+            ADOPTION_TABLE, sa.Column("source", sa.String(64), primary_key=True)
+        )
+        op.bulk_insert(marker, [{"source": "chicory 0.1.0"}])
+
+
+def _chicory_heartbeats() -> sa.Table:
+    """Chicory 0.1.0's heartbeats table less the index the adoption drops first, for a
+    SQLite batch copy that cannot reflect it (offline, ``--sql``)."""
+    return sa.Table(
+        HEARTBEATS,
+        sa.MetaData(),
+        sa.Column("worker_id", sa.String(255), primary_key=True),
+        sa.Column(CHICORY_HEARTBEAT_COLUMN, sa.Text(), nullable=False),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Index("ix_chicory_worker_heartbeats_expires_at", "expires_at"),
+    )
+
+
+def _adopt_mysql(op: Any, results: set[str], beats: set[str]) -> None:
+    """One ALTER per table (MySQL and MariaDB rewrite a table for each ALTER that changes a
+    column type): microsecond timestamps, byte-exact ids, LONGTEXT documents, our columns.
+    Each ALTER is atomic, so the check before it is all a rerun needs."""
+    collation = "utf8mb4_nopad_bin" if _is_mariadb(op) else "utf8mb4_0900_bin"
+    task_id = f"VARCHAR(255) CHARACTER SET utf8mb4 COLLATE {collation} NOT NULL"
+    if "result" not in results:
+        op.execute(
+            f"ALTER TABLE {RESULTS} "
+            f"MODIFY task_id {task_id}, MODIFY state VARCHAR(50) NOT NULL, "
+            "MODIFY result_json LONGTEXT NULL, "
+            "MODIFY created_at DATETIME(6) NOT NULL, MODIFY updated_at DATETIME(6) NOT NULL, "
+            "ADD COLUMN result JSON NULL, ADD COLUMN error LONGTEXT NULL, "
+            "ADD COLUMN traceback LONGTEXT NULL, ADD COLUMN expires_at DATETIME(6) NULL, "
+            + ", ".join(f"DROP INDEX {name}" for name in CHICORY_ONLY_INDEXES[RESULTS])
+        )
+    if "stats" not in beats:
+        op.execute(
+            f"ALTER TABLE {HEARTBEATS} "
+            f"MODIFY worker_id {task_id}, MODIFY heartbeat_json LONGTEXT NULL, "
+            "MODIFY expires_at DATETIME(6) NOT NULL, MODIFY updated_at DATETIME(6) NOT NULL, "
+            "ADD COLUMN stats JSON NULL, "
+            + ", ".join(f"DROP INDEX {name}" for name in CHICORY_ONLY_INDEXES[HEARTBEATS])
+        )
+
+
+def _is_mariadb(op: Any) -> bool:
+    dialect = op.get_context().dialect
+    return dialect.name == "mariadb" or bool(getattr(dialect, "is_mariadb", False))
+
+
+# -- the downgrade: our tables become Chicory's again ------------------------------------
+
+
+def restore_chicory_layout(op: Any) -> None:
+    """Revision 0001's downgrade on an adopted database (runs after 0004's downgrade has
+    dropped the history): every row gets Chicory's document, then our columns go and
+    Chicory's indexes return. Online only: the documents are written by Python, in
+    batches of ``RESTORE_BATCH_SIZE`` rows, each batch committed with the migration."""
+    bind = op.get_bind()
+    for _ in _fill_result_documents(bind):
+        pass
+    beats = sa.table(HEARTBEATS, sa.column("stats"), sa.column(CHICORY_HEARTBEAT_COLUMN))
+    bind.execute(
+        sa.update(beats)
+        .where(beats.c[CHICORY_HEARTBEAT_COLUMN].is_(None))
+        .values({CHICORY_HEARTBEAT_COLUMN: sa.cast(beats.c.stats, sa.Text())})
+    )
+    op.drop_index("ix_chicory_task_results_expires_at", table_name=RESULTS)
+    with op.batch_alter_table(RESULTS) as batch:
+        for name in ("result", "error", "traceback", "expires_at"):
+            batch.drop_column(name)
+    with op.batch_alter_table(HEARTBEATS) as batch:
+        batch.drop_column("stats")
+    for table, indexes in CHICORY_ONLY_INDEXES.items():
+        for name, columns in indexes.items():
+            op.create_index(name, table, columns)
+    op.drop_table(ADOPTION_TABLE)
+
+
+def _fill_result_documents(bind: Connection) -> Iterator[int]:
+    """Give each row without ``result_json`` Chicory's document of what we stored; yields
+    the rows done per batch. Walks the primary key, so each batch is one index range."""
+    table = sa.table(
+        RESULTS,
+        sa.column("task_id"),
+        sa.column("state"),
+        sa.column("result"),
+        sa.column("error"),
+        sa.column("traceback"),
+        sa.column(CHICORY_RESULT_COLUMN),
+    )
+    after = ""
+    while True:
+        rows = bind.execute(
+            sa.select(
+                table.c.task_id,
+                table.c.state,
+                sa.cast(table.c.result, sa.Text()),
+                table.c.error,
+                table.c.traceback,
+            )
+            .where(table.c[CHICORY_RESULT_COLUMN].is_(None), table.c.task_id > after)
+            .order_by(table.c.task_id)
+            .limit(RESTORE_BATCH_SIZE)
+        ).all()
+        if not rows:
+            return
+        bind.execute(
+            sa.update(table)
+            .where(table.c.task_id == sa.bindparam("key"))
+            .values({CHICORY_RESULT_COLUMN: sa.bindparam("document")}),
+            [{"key": row[0], "document": encode_chicory_result(*row)} for row in rows],
+        )
+        after = rows[-1][0]
+        yield len(rows)
