@@ -391,3 +391,32 @@ def test_write_chicory_format_lets_chicory_clients_read_ours(
             await chicory.disconnect()
 
     asyncio.run(run())
+
+
+def test_adoption_killed_halfway_is_finished_by_the_same_command(
+    chicory_database: SQLBackendConfig,
+) -> None:
+    """SIGKILL of `chicory-backends migrate` as soon as its first revision is applied
+    (the adoption's DDL done, the rest not): the same command run again finishes, and
+    every result Chicory stored reads back unchanged."""
+    expected = asyncio.run(seed_with_chicory(chicory_database))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "chicory_backends.cli", "--url", _url(chicory_database), "migrate"],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    assert process.stderr is not None
+    try:
+        line = process.stderr.readline()
+        assert line.startswith("migrate: applied 0001"), line
+        process.kill()
+    finally:
+        process.wait(timeout=60)
+    assert process.returncode != 0
+    assert _cli(chicory_database, "health").returncode == 1  # not usable yet, and says so
+
+    again = _cli(chicory_database, "migrate")
+    assert again.returncode == 0, again.stderr
+    command.check(alembic_config(_url(chicory_database)))
+    asyncio.run(_read_all_through_ours(chicory_database, expected))
