@@ -55,29 +55,28 @@ def _literal_guard(old: Any, new: Any) -> Any:
 
 def fast_path(backend: DatabaseBackend, statements: Statements) -> set[str]:
     """The names of ``statements`` that ``backend`` runs on the driver fast path."""
-    compiled = backend._driver_statements
+    del backend  # the statements carry their compiled form themselves
     return {
         field.name
         for field in dataclasses.fields(statements)
-        if id(getattr(statements, field.name)) in compiled
+        if getattr(getattr(statements, field.name), "driver", None) is not None
     }
 
 
 def swap_statements(backend: DatabaseBackend, statements: Statements) -> None:
     """Make ``backend`` run ``statements``, on the same path as the ones they replace.
 
-    The fast path finds a statement by its ``id()``, so swapping ``_statements`` alone
-    would send every new statement through SQLAlchemy: the variant would measure the slow
-    path instead of the change it names. The backend's own ``_compile_for_driver``
-    compiles the new ones; a statement that was on the fast path and is not any more
-    is an error, not a silently different measurement.
+    A statement runs on the fast path when it carries its driver form, so the new ones
+    are compiled as the backend compiles its own (``Statements.for_driver``); a statement
+    that was on the fast path and is not any more is an error, not a silently different
+    measurement.
     """
     engine, current = backend._engine, backend._statements
     if engine is None or current is None:
         raise RuntimeError("swap_statements needs a connected backend")
     before = fast_path(backend, current)
+    statements = backend._compiled(statements, engine.dialect)
     backend._statements = statements
-    backend._driver_statements = backend._compile_for_driver(engine, statements)
     lost = before - fast_path(backend, statements)
     if lost:
         raise RuntimeError(f"the swapped statements left the driver fast path: {sorted(lost)}")

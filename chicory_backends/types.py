@@ -31,6 +31,14 @@ TERMINAL_STATES: frozenset[TaskState] = frozenset(
 )
 
 
+class WriteKind(StrEnum):
+    """The two kinds of write a batch carries, tagged alike in the SQL batch statement
+    (sql/dialects.py) and in the Redis store script's arguments (redis/)."""
+
+    STATE = "s"  # set_state: the state and history; the stored result stays
+    RESULT = "r"  # store_result: the whole outcome
+
+
 class BackendType(StrEnum):
     REDIS = "redis"
     POSTGRES = "postgres"

@@ -37,8 +37,8 @@ async def sent_statements(
     parameters apart, instead of as sent (aiomysql interpolates the parameters itself).
     """
     assert backend._engine is not None
-    if backend._held is not None:  # the writes' connection: checked out again, and seen
-        await backend._held.release()
+    if backend._executor is not None:  # the writes' connection: checked out again, seen
+        await backend._executor.release_held()
     engine = backend._engine.sync_engine
     driver_name = engine.dialect.driver
     seen: list[str] = []

@@ -20,7 +20,7 @@ if str(ROOT) not in sys.path:  # `bench` is a directory of the repository, not i
 
 from bench import whatif  # noqa: E402
 from chicory_backends.config import SQLiteBackendConfig  # noqa: E402
-from chicory_backends.sql import backend as sql_backend  # noqa: E402
+from chicory_backends.sql import dialects, execution  # noqa: E402
 from chicory_backends.sql.backend import DatabaseBackend  # noqa: E402
 
 
@@ -44,7 +44,7 @@ async def test_the_literal_guard_variant_runs_its_own_statements_on_the_fast_pat
     def slow_path(*_args: Any) -> Any:
         raise AssertionError("a hot statement went through SQLAlchemy's Connection")
 
-    monkeypatch.setattr(sql_backend, "on_pool", slow_path)
+    monkeypatch.setattr(execution, "on_pool", slow_path)
     await literal.set_started("whatif-1")
     await literal.store("whatif-1", 7)
     assert await literal.get("whatif-1") == {"value": 7}
@@ -54,8 +54,8 @@ async def test_a_swap_that_leaves_the_fast_path_is_refused(
     literal: whatif.LiteralGuard, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     backend: DatabaseBackend = literal.backend
-    statements = backend._statements
-    assert statements is not None
-    monkeypatch.setattr(backend, "_compile_for_driver", lambda _engine, _statements: {})
+    assert backend._statements is not None and backend._engine is not None
+    statements = dialects.statements_for(backend._engine.dialect)  # not compiled
+    monkeypatch.setattr(backend, "_compiled", lambda statements, _dialect: statements)
     with pytest.raises(RuntimeError, match="left the driver fast path"):
         whatif.swap_statements(backend, statements)

@@ -67,8 +67,8 @@ async def test_each_operation_is_one_statement(backend: DatabaseBackend) -> None
     # it has not met before (varchar[]) once per connection. As below, the writes' held
     # connection goes back to the pool before each operation, so all run on one connection.
     for operation in operations:
-        if backend._held is not None:
-            await backend._held.release()
+        if backend._executor is not None:
+            await backend._executor.release_held()
         await operation()
     for operation in operations:
         async with sent_statements(backend) as seen:
@@ -188,7 +188,7 @@ def test_mssql_statements_compile() -> None:
     ddl = str(CreateTable(task_results).compile(dialect=dialect))
     assert "DATETIMEOFFSET(6)" in ddl and "NVARCHAR(max)" in ddl
     assert " TEXT" not in ddl and "NTEXT" not in ddl
-    merge = str(statements_for(dialect).store_result.compile(dialect=dialect))
+    merge = str(statements_for(dialect).store_result.statement.compile(dialect=dialect))
     assert merge.startswith("MERGE chicory_task_results WITH (HOLDLOCK)")
     # The guard (terminal rule and attempts) is the WHEN MATCHED condition, once.
     assert (
@@ -198,7 +198,9 @@ def test_mssql_statements_compile() -> None:
     ) in merge
     assert "name = coalesce(t.name, s.name)" in merge and "state = s.state" in merge
     assert "WHEN NOT MATCHED THEN INSERT" in merge
-    cleanup = str(statements_for(dialect, 500).delete_old_results.compile(dialect=dialect))
+    cleanup = str(
+        statements_for(dialect, 500).delete_old_results.statement.compile(dialect=dialect)
+    )
     assert "TOP 500" in cleanup or "TOP __[POSTCOMPILE" in cleanup
 
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
-from sqlalchemy import Engine, Executable, text
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy import text
+from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chicory_backends import coalesce
@@ -42,7 +41,6 @@ from chicory_backends.history import (
     write_fields,
 )
 from chicory_backends.sql import maintenance
-from chicory_backends.sql.compiled import DriverStatement, compile_for_driver
 from chicory_backends.sql.dialects import (
     PAGE_COLUMNS,
     PAGE_FILTERS,
@@ -54,11 +52,11 @@ from chicory_backends.sql.dialects import (
 )
 from chicory_backends.sql.drivers import Driver, driver_for
 from chicory_backends.sql.engine import create_engine, translate_error
-from chicory_backends.sql.execution import HeldConnection, batch_on_pool, on_driver, on_pool
-from chicory_backends.sql.internals import greenlet_spawn
+from chicory_backends.sql.execution import Executor
 from chicory_backends.sql.maintenance import Progress
 from chicory_backends.sql.migrate import current_revision, schema_problem, upgrade_in_process
 from chicory_backends.sql.notify import WaiterRegistry, connect_listener
+from chicory_backends.sql.statements import NamedStatement, Runnable
 from chicory_backends.types import (
     BackendStatus,
     TaskDetails,
@@ -68,14 +66,13 @@ from chicory_backends.types import (
     TaskState,
     TaskSummary,
     WorkerStats,
+    WriteKind,
 )
 from chicory_backends.waiting import RECHECK_INTERVAL, Listener, wait_for, woken_reads
 
-T = TypeVar("T")
-
-# A write as the coalescer carries it: its kind ("s" set_state, "r" store_result), its
-# single-row statement and its parameters.
-Write = tuple[str, Executable, dict[str, Any]]
+# A write as the coalescer carries it: its kind, its single-row statement and its
+# parameters.
+Write = tuple[WriteKind, NamedStatement, dict[str, Any]]
 
 
 def _row_may_be_at_fault(error: BaseException) -> bool:
@@ -99,9 +96,7 @@ class DatabaseBackend(Backend):
         self._statements: Statements | None = None
         self._ttl = timedelta(seconds=config.result_ttl) if config.result_ttl else None
         self._driver: Driver = driver_for(config)
-        self._in_transaction = self._driver.transaction_per_statement
-        self._driver_statements: dict[int, DriverStatement] = {}
-        self._held: HeldConnection | None = None  # the writes' connection (execution.py)
+        self._executor: Executor | None = None  # made at connect (execution.py)
         self._connecting = asyncio.Lock()
         self._write_calls: Coalescer[Write, None] = coalesce.writes(
             self._write_one, self._write_batch, _row_may_be_at_fault
@@ -137,18 +132,25 @@ class DatabaseBackend(Backend):
         if problem is not None:
             await engine.dispose()
             raise problem
-        self._statements = statements_for(engine.dialect, self.config.cleanup_batch_size)
-        self._driver_statements = self._compile_for_driver(engine, self._statements)
-        if self._driver_statements and not self._driver.single_connection:
-            self._held = HeldConnection(engine)
+        statements = statements_for(engine.dialect, self.config.cleanup_batch_size)
+        self._statements = self._compiled(statements, engine.dialect)
+        fast = self._uses_fast_path()
+        self._executor = Executor(
+            engine,
+            self._driver,
+            self.config.command_timeout,
+            errors_of=lambda error: translate_error(error, self.config),
+            timed_out=self._timed_out,
+            hold_writes=fast and not self._driver.single_connection,
+        )
         self._engine = engine
 
     async def disconnect(self) -> None:
         await self._write_calls.drain()  # what was acknowledged-to-be is written first
         await self._read_calls.drain()
-        held, self._held = self._held, None
-        if held is not None:
-            await held.release()
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            await executor.release_held()
         listener, self._listener = self._listener, None
         if listener is not None:
             await listener.close()
@@ -172,7 +174,7 @@ class DatabaseBackend(Backend):
             "expires_at": self._expiry(now),
             **write_fields(task_id, state, details, now),
         }
-        await self._write_calls.submit(None, task_id, ("s", stmts.set_state, params))
+        await self._write_calls.submit(None, task_id, (WriteKind.STATE, stmts.set_state, params))
 
     async def store_result(
         self, task_id: str, result: TaskResult, details: TaskDetails | None = None
@@ -199,7 +201,8 @@ class DatabaseBackend(Backend):
             **write_fields(task_id, state, details, now),
         }
         size = sum(len(text) for text in (value, error, traceback) if text)
-        await self._write_calls.submit(None, task_id, ("r", stmts.store_result, params), size)
+        write = (WriteKind.RESULT, stmts.store_result, params)
+        await self._write_calls.submit(None, task_id, write, size)
 
     async def get_result(self, task_id: str) -> TaskResult | None:
         self._require()
@@ -207,22 +210,23 @@ class DatabaseBackend(Backend):
 
     async def _write_one(self, _group: Hashable, write: Write) -> None:
         _kind, statement, params = write
-        await self._run(statement, params, fetch=False, held=True)
+        await self._executor_or_raise().write(statement, params)
 
     async def _write_batch(self, _group: Hashable, writes: list[Write]) -> list[None]:
         """Writes of distinct task ids, both kinds: one statement where the dialect has
         one for both (PostgreSQL), else one multi-row statement per kind, in one
         transaction where the driver can."""
         stmts = self._require()
-        by_kind: dict[str, list[dict[str, Any]]] = {}
-        statements: dict[str, Executable] = {}
+        executor = self._executor_or_raise()
+        by_kind: dict[WriteKind, list[dict[str, Any]]] = {}
+        statements: dict[WriteKind, NamedStatement] = {}
         for kind, statement, params in writes:
             by_kind.setdefault(kind, []).append(params)
             statements[kind] = statement
-        if stmts.store_batch is not None and id(stmts.store_batch) in self._driver_statements:
-            await self._run(stmts.store_batch, batch_arrays(by_kind), fetch=False, held=True)
+        if stmts.store_batch is not None and stmts.store_batch.driver is not None:
+            await executor.write(stmts.store_batch, batch_arrays(by_kind))
         else:
-            await self._run_batch([(statements[kind], rows) for kind, rows in by_kind.items()])
+            await executor.write_many([(statements[kind], rows) for kind, rows in by_kind.items()])
         return [None] * len(writes)
 
     async def _read_one(self, _group: Hashable, task_id: str) -> TaskResult | None:
@@ -357,11 +361,12 @@ class DatabaseBackend(Backend):
         check_heartbeat_ttl(ttl)
         stmts = self._require()
         now = _utcnow()
+        worker_id = check_task_id(worker_id)
         encoded = encode_stats(stats)
         await self._execute(
             stmts.store_heartbeat,
             {
-                "worker_id": check_task_id(worker_id),
+                "worker_id": worker_id,
                 "stats": encoded,
                 "updated_at": now,
                 "expires_at": now + timedelta(seconds=ttl),
@@ -482,124 +487,36 @@ class DatabaseBackend(Backend):
             raise NotConnectedError(type(self).__name__)
         return self._statements
 
-    def _compile_for_driver(
-        self, engine: AsyncEngine, stmts: Statements
-    ) -> dict[int, DriverStatement]:
-        """The hot single-row statements compiled for the driver, by ``id`` of the statement.
+    def _uses_fast_path(self) -> bool:
+        """Whether the hot statements skip SQLAlchemy's Connection: not behind PgBouncer (a
+        transaction around each statement), not with ``echo`` (SQLAlchemy logs the SQL),
+        and only on drivers the fast path calls."""
+        driver = self._driver
+        return driver.fast_path and not driver.transaction_per_statement and not self.config.echo
 
-        Left out, and so run through SQLAlchemy: behind PgBouncer (a transaction around
-        each statement), with ``echo`` (SQLAlchemy logs the SQL), and on drivers the fast
-        path does not call.
-        """
-        if not self._driver.fast_path or self._in_transaction or self.config.echo:
-            return {}
-        hot = (
-            stmts.set_state, stmts.store_result, stmts.get_result, stmts.get_results,
-            stmts.delete_result, stmts.store_heartbeat, stmts.get_heartbeat,
-            stmts.get_active_workers, stmts.store_batch,
-        )  # fmt: skip
-        compiled = {
-            id(stmt): compile_for_driver(stmt, engine.dialect) for stmt in hot if stmt is not None
-        }
-        return {key: value for key, value in compiled.items() if value is not None}
+    def _compiled(self, statements: Statements, dialect: Dialect) -> Statements:
+        """``statements`` with the hot ones compiled for the driver where it applies."""
+        return statements.for_driver(dialect) if self._uses_fast_path() else statements
+
+    def _executor_or_raise(self) -> Executor:
+        if self._executor is None:
+            raise NotConnectedError(type(self).__name__)
+        return self._executor
+
+    def _timed_out(self) -> BackendUnreachableError:
+        timeout = self.config.command_timeout
+        return BackendUnreachableError(
+            self.config.address(), f"no answer within command_timeout={timeout:g}s"
+        )
 
     def _expiry(self, now: datetime) -> datetime | None:
         return now + self._ttl if self._ttl else None
 
-    async def _execute(self, statement: Executable, params: Mapping[str, Any]) -> int:
-        result = await self._run(statement, params, fetch=False)
-        assert isinstance(result, int)
-        return result
+    async def _execute(self, statement: Runnable, params: Mapping[str, Any]) -> int:
+        return await self._executor_or_raise().execute(statement, params)
 
-    async def _fetch(self, statement: Executable, params: Mapping[str, Any]) -> list[Any]:
-        result = await self._run(statement, params, fetch=True)
-        assert isinstance(result, list)
-        return result
-
-    async def _run(
-        self, statement: Executable, params: Mapping[str, Any], *, fetch: bool, held: bool = False
-    ) -> int | list[Any]:
-        """One statement on a pooled connection (``held``: on the writes' held one).
-
-        The hot statements, compiled at connect, skip SQLAlchemy's Connection and run on
-        the driver connection; the others go through it (execution.py).
-        """
-        fast = self._driver_statements.get(id(statement))
-        if fast is None:
-            job = partial(on_pool, statement, params, fetch, self._in_transaction)
-            return await self._attempt(self._in_greenlet(job))
-        args = fast.arguments(params)
-        driver = self._driver
-
-        def run(raw: Any) -> Awaitable[int | list[Any]]:
-            return driver.run(raw, fast, args, fetch)
-
-        return await self._attempt(self._on_driver(run, fast.sql, held))
-
-    async def _run_batch(self, parts: list[tuple[Executable, list[dict[str, Any]]]]) -> None:
-        """Each statement once per row: a multi-row statement per part, in one
-        transaction where the driver can (see drivers.py)."""
-        compiled = [(self._driver_statements.get(id(statement)), rows) for statement, rows in parts]
-        fast = [(stmt, [stmt.arguments(row) for row in rows]) for stmt, rows in compiled if stmt]
-        if len(fast) < len(parts):
-            await self._attempt(self._in_greenlet(partial(batch_on_pool, parts)))
-            return
-        driver = self._driver
-
-        def run(raw: Any) -> Awaitable[None]:
-            return driver.run_many(raw, fast)
-
-        await self._attempt(self._on_driver(run, "; ".join(stmt.sql for stmt, _ in fast), True))
-
-    def _in_greenlet(
-        self, job: Callable[[Engine, Callable[[], None]], T]
-    ) -> Callable[[Callable[[], None]], Awaitable[T]]:
-        """``job(engine, start_clock)`` in one greenlet on the sync engine: the whole
-        checkout-execute-return of one call, where the AsyncConnection wrappers would cost
-        a greenlet switch each for connect, execute, fetch and close."""
-        engine = self._engine
-        if engine is None:
-            raise NotConnectedError(type(self).__name__)
-        sync_engine = engine.sync_engine
-        return lambda start_clock: greenlet_spawn(job, sync_engine, start_clock)
-
-    def _on_driver(
-        self, work: Callable[[Any], Awaitable[T]], sql: str, held: bool
-    ) -> Callable[[Callable[[], None]], Awaitable[T]]:
-        connection = self._held if held else None
-        if connection is not None:
-            return lambda start_clock: connection.run(work, sql, start_clock)
-        return self._in_greenlet(partial(on_driver, work, sql))
-
-    async def _attempt(self, call: Callable[[Callable[[], None]], Awaitable[T]]) -> T:
-        """``call(start_clock)``, with our errors, one retry and ``command_timeout``.
-
-        A connection the server dropped (restart, failover, idle timeout) is found on use
-        rather than by a pre-ping on every checkout; every statement here is idempotent, so
-        it is retried once on a fresh connection. A server that stops answering (a hung
-        host, a partition) is given ``command_timeout`` from the moment a connection is
-        in hand (``start_clock``); the connection is then discarded.
-        """
-        loop = asyncio.get_running_loop()
-        command_timeout = self.config.command_timeout
-        for attempt in (1, 2):
-            try:
-                async with asyncio.timeout(None) as deadline:
-
-                    def start_clock() -> None:
-                        deadline.reschedule(loop.time() + command_timeout)
-
-                    return await call(start_clock)
-            except TimeoutError:
-                raise BackendUnreachableError(
-                    self.config.address(), f"no answer within command_timeout={command_timeout:g}s"
-                ) from None
-            except (SQLAlchemyError, OSError) as error:
-                stale = isinstance(error, DBAPIError) and error.connection_invalidated
-                if attempt == 1 and stale:
-                    continue
-                raise translate_error(error, self.config) from None
-        raise AssertionError("unreachable")
+    async def _fetch(self, statement: Runnable, params: Mapping[str, Any]) -> list[Any]:
+        return await self._executor_or_raise().fetch(statement, params)
 
     def _connected_for_maintenance(self) -> _MaybeConnected:
         return _MaybeConnected(self)

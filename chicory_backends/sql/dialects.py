@@ -9,8 +9,8 @@ engine so that the hot path only binds parameters. PostgreSQL and SQLite share
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
 
 from sqlalchemy import (
     Column,
@@ -37,7 +37,8 @@ from sqlalchemy.dialects import mssql, mysql, postgresql, sqlite
 from sqlalchemy.engine import Dialect
 
 from chicory_backends.sql.schema import RESULT_WAITERS_TABLE, task_results, worker_heartbeats
-from chicory_backends.types import TERMINAL_STATES
+from chicory_backends.sql.statements import NamedStatement
+from chicory_backends.types import TERMINAL_STATES, WriteKind
 
 TERMINAL = sorted(str(state) for state in TERMINAL_STATES)
 # Inlined as SQL literals: a list of bound values would be an "expanding" parameter that
@@ -97,40 +98,56 @@ RECORD_COLUMNS = (*_LISTED, "result", "traceback", "args", CHICORY_DOCUMENT)
 
 @dataclass(frozen=True)
 class Statements:
-    """The prepared statements of one dialect; parameters are named after the columns."""
+    """The named statements of one dialect (statements.py); parameters are named after
+    the columns."""
 
-    store_result: Executable
-    set_state: Executable
-    store_heartbeat: Executable
-    get_result: Executable
-    get_results: Executable
-    delete_result: Executable
-    get_heartbeat: Executable
-    get_active_workers: Executable
-    delete_expired_results: Executable
-    delete_old_results: Executable
-    delete_stale_heartbeats: Executable
+    # Run on the driver fast path where the driver has one (compiled once at connect).
+    HOT: ClassVar[tuple[str, ...]] = (
+        "set_state", "store_result", "get_result", "get_results", "delete_result",
+        "store_heartbeat", "get_heartbeat", "get_active_workers", "store_batch",
+    )  # fmt: skip
+
+    store_result: NamedStatement
+    set_state: NamedStatement
+    store_heartbeat: NamedStatement
+    get_result: NamedStatement
+    get_results: NamedStatement
+    delete_result: NamedStatement
+    get_heartbeat: NamedStatement
+    get_active_workers: NamedStatement
+    delete_expired_results: NamedStatement
+    delete_old_results: NamedStatement
+    delete_stale_heartbeats: NamedStatement
     # Maintenance reads (sql/maintenance.py): what cleanup would delete, results per state.
-    count_reclaimable: Executable
-    result_stats: Executable
+    count_reclaimable: NamedStatement
+    result_stats: NamedStatement
     # PostgreSQL: a coalesced batch of set_state and store_result rows (distinct task
     # ids) as ONE statement of fixed shape, columns as arrays (``batch_arrays``). None
     # elsewhere, where a batch is one multi-row statement per kind.
-    store_batch: Executable | None
+    store_batch: NamedStatement | None
     # History (history.py): one task's whole record, and the summary's two reads.
-    get_task: Executable
-    summary_counts: Executable
-    summary_runtimes: Executable
+    get_task: NamedStatement
+    summary_counts: NamedStatement
+    summary_runtimes: NamedStatement
     # A page of list_tasks for each shape of filters, built at first use (history_page).
-    page_shapes: dict[tuple[bool, ...], Executable]
+    page_shapes: dict[tuple[bool, ...], NamedStatement]
     keyset: Callable[[], ColumnElement[bool]]
     # PostgreSQL only: the waiter registry behind LISTEN/NOTIFY wake-ups (revision 0003)
     # exists there alone; None elsewhere, where waiting polls. Each takes a batch of ids
     # as :task_ids and (but the fence) the registering backend's token as :waiter.
-    delete_stale_waiters: Executable | None = None
-    register_waiters: Executable | None = None
-    unregister_waiters: Executable | None = None
-    await_writers: Executable | None = None  # the fence: waits for writers of the ids
+    delete_stale_waiters: NamedStatement | None = None
+    register_waiters: NamedStatement | None = None
+    unregister_waiters: NamedStatement | None = None
+    await_writers: NamedStatement | None = None  # the fence: waits for writers of the ids
+
+    def for_driver(self, dialect: Dialect) -> Statements:
+        """These statements with the ``HOT`` ones compiled for the driver fast path."""
+        compiled = {
+            name: statement.compiled_for(dialect)
+            for name in self.HOT
+            if (statement := getattr(self, name)) is not None
+        }
+        return replace(self, **compiled)
 
 
 def _may_write(old: Callable[[str], Any], new: Callable[[str], Any]) -> Any:
@@ -318,7 +335,7 @@ def _keyset(dialect_name: str) -> ColumnElement[bool]:
     return tuple_(created, task_id) < tuple_(after_created, after_id)
 
 
-def history_page(stmts: Statements, shape: tuple[bool, ...]) -> Executable:
+def history_page(stmts: Statements, shape: tuple[bool, ...]) -> NamedStatement:
     """The list_tasks statement for one shape: which of PAGE_FILTERS are given, then
     whether a cursor is. Built once per shape; every value is a bound parameter."""
     statement = stmts.page_shapes.get(shape)
@@ -331,11 +348,13 @@ def history_page(stmts: Statements, shape: tuple[bool, ...]) -> Executable:
         ]
         if shape[len(PAGE_FILTERS)]:
             conditions.append(stmts.keyset())
-        statement = (
+        given = [name for name, on in zip((*PAGE_FILTERS, "after"), shape, strict=True) if on]
+        statement = NamedStatement(
+            f"list_tasks({', '.join(given)})",
             select(*(_readable(name) for name in PAGE_COLUMNS))
             .where(*conditions)
             .order_by(task_results.c.created_at.desc(), task_results.c.task_id.desc())
-            .limit(bindparam("limit", type_=Integer()))
+            .limit(bindparam("limit", type_=Integer())),
         )
         stmts.page_shapes[shape] = statement
     return statement
@@ -402,7 +421,7 @@ def statements_for(dialect: Dialect, cleanup_batch_size: int = 5000) -> Statemen
         raise NotImplementedError(f"no statements for SQL dialect {name!r}")
 
     use_delete_limit = name in ("mysql", "mariadb")
-    return Statements(
+    return _named(
         store_result=upsert(task_results, RESULT_INSERT_COLUMNS, RESULT_UPDATE_COLUMNS, True),
         set_state=upsert(task_results, STATE_INSERT_COLUMNS, STATE_UPDATE_COLUMNS, True),
         store_heartbeat=upsert(worker_heartbeats, HEARTBEAT_COLUMNS, HEARTBEAT_COLUMNS[1:], False),
@@ -451,6 +470,15 @@ def statements_for(dialect: Dialect, cleanup_batch_size: int = 5000) -> Statemen
         keyset=lambda: _keyset(name),
         **(_WAITER_REGISTRY if name == "postgresql" else {}),
     )
+
+
+def _named(**fields: Any) -> Statements:
+    """``Statements`` with every statement given its field's name."""
+    named: dict[str, Any] = {
+        field: NamedStatement(field, value) if isinstance(value, Executable) else value
+        for field, value in fields.items()
+    }
+    return Statements(**named)
 
 
 _WAITER_REGISTRY: dict[str, Executable] = {
@@ -526,17 +554,20 @@ _DERIVED_IN_BATCH = {
     "started_at": "CASE WHEN u.state = 'STARTED' THEN u.updated_at END",
     "finished_at": f"CASE WHEN u.state IN ({_TERMINAL_SQL}) THEN u.updated_at END",
 }
-# set_state ("s") and store_result ("r") rows: the columns each sends as arrays.
+# set_state and store_result rows: the columns each sends as arrays.
 BATCH_KINDS = {
     kind: tuple(col for col in columns if col not in _DERIVED_IN_BATCH)
-    for kind, columns in (("s", STATE_INSERT_COLUMNS), ("r", RESULT_INSERT_COLUMNS))
+    for kind, columns in (
+        (WriteKind.STATE, STATE_INSERT_COLUMNS),
+        (WriteKind.RESULT, RESULT_INSERT_COLUMNS),
+    )
 }
 
 
-def _unnest_upsert(kind: str, insert_cols: Sequence[str], update_cols: Sequence[str]) -> str:
+def _unnest_upsert(kind: WriteKind, insert_cols: Sequence[str], update_cols: Sequence[str]) -> str:
     table = task_results.name
     sent = BATCH_KINDS[kind]
-    arrays = ", ".join(f"CAST(:{kind}_{col} AS {_ARRAY_TYPES[col]})" for col in sent)
+    arrays = ", ".join(f"CAST(:{kind.value}_{col} AS {_ARRAY_TYPES[col]})" for col in sent)
     values = ", ".join(_DERIVED_IN_BATCH.get(col, f"u.{col}") for col in insert_cols)
     dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
     old, new = _aliased("t"), _aliased("excluded")
@@ -555,15 +586,17 @@ def _postgres_store_batch() -> Executable:
     merge as the single-row upserts do (``_merged``); a batch never holds one task id
     twice, so no row is touched twice."""
     return text(
-        f"WITH set_state AS ({_unnest_upsert('s', STATE_INSERT_COLUMNS, STATE_UPDATE_COLUMNS)}"
-        " RETURNING 1) " + _unnest_upsert("r", RESULT_INSERT_COLUMNS, RESULT_UPDATE_COLUMNS)
+        "WITH set_state AS ("
+        + _unnest_upsert(WriteKind.STATE, STATE_INSERT_COLUMNS, STATE_UPDATE_COLUMNS)
+        + " RETURNING 1) "
+        + _unnest_upsert(WriteKind.RESULT, RESULT_INSERT_COLUMNS, RESULT_UPDATE_COLUMNS)
     )
 
 
-def batch_arrays(rows: dict[str, list[dict[str, Any]]]) -> dict[str, list[Any]]:
-    """``store_batch``'s parameters: per kind ("s", "r") and column, the rows' values."""
+def batch_arrays(rows: dict[WriteKind, list[dict[str, Any]]]) -> dict[str, list[Any]]:
+    """``store_batch``'s parameters: per kind and column, the rows' values."""
     return {
-        f"{kind}_{col}": [row[col] for row in rows.get(kind, ())]
+        f"{kind.value}_{col}": [row[col] for row in rows.get(kind, ())]
         for kind, columns in BATCH_KINDS.items()
         for col in columns
     }

@@ -38,7 +38,7 @@ def create_engine(config: SQLBackendConfig, *, autocommit: bool = True) -> Async
     AUTOCOMMIT: every backend operation is a single statement, so the driver needs no
     BEGIN/COMMIT around it and the pool no ROLLBACK when a connection comes back.
     No pre-ping either: a connection the server dropped is invalidated on first use and
-    the operation retried once on a fresh one (see DatabaseBackend._run).
+    the operation retried once on a fresh one (see execution.Executor).
     """
     driver = driver_for(config)
     if driver.transaction_per_statement:

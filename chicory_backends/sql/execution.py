@@ -1,6 +1,7 @@
-"""Running statements: on the pool, on a pooled driver connection, or on the held one.
+"""Running statements: ``Executor``, the one way the backend runs one, and its paths.
 
-Three ways, one error shape: every failure comes out as SQLAlchemy's DBAPIError with
+The paths: through SQLAlchemy's Connection, on a pooled driver connection, or on the held
+one. One error shape: every failure comes out as SQLAlchemy's DBAPIError with
 ``connection_invalidated`` set (and the connection discarded) when the server dropped
 it, which the backend turns into ours and retries once on a fresh connection.
 
@@ -18,15 +19,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
 from typing import Any, TypeVar
 
 from sqlalchemy import CursorResult, Engine, Executable
 from sqlalchemy.engine import Dialect
-from sqlalchemy.exc import DBAPIError, StatementError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError, StatementError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import PoolProxiedConnection
 
+from chicory_backends.sql.drivers import Driver
 from chicory_backends.sql.internals import adapted_error, greenlet_spawn
+from chicory_backends.sql.statements import NamedStatement, Runnable, executable_of
 
 T = TypeVar("T")
 Work = Callable[[Any], Awaitable[T]]  # given the driver's own connection
@@ -188,3 +192,148 @@ class HeldConnection:
 def _invalidate(pooled: PoolProxiedConnection, error: BaseException | None) -> None:
     pooled.invalidate(error)
     pooled.close()
+
+
+class CommandDeadline:
+    """``command_timeout`` for one attempt, counted from the moment a connection is in
+    hand (``start``): waiting in the pool's queue is ``pool_timeout``'s business."""
+
+    __slots__ = ("_loop", "_scope", "_seconds")
+
+    def __init__(self, scope: asyncio.Timeout, seconds: float) -> None:
+        self._scope = scope
+        self._seconds = seconds
+        self._loop = asyncio.get_running_loop()
+
+    def start(self) -> None:
+        self._scope.reschedule(self._loop.time() + self._seconds)
+
+
+# One attempt of a call on one of the paths below, given its deadline.
+Attempt = Callable[[CommandDeadline], Awaitable[T]]
+
+
+class Executor:
+    """The one way a backend runs a statement.
+
+    A named statement compiled for the driver (statements.py) runs on the driver
+    connection, any other through SQLAlchemy's Connection; a write batch runs on the held
+    connection where there is one (``hold_writes``). Whatever the path, the call gets the
+    same errors (SQLAlchemy's, turned into ours by ``errors_of``), one retry on a fresh
+    connection when the server dropped the one in use, and ``command_timeout``.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        driver: Driver,
+        command_timeout: float,
+        errors_of: Callable[[BaseException], Exception],
+        timed_out: Callable[[], Exception],
+        hold_writes: bool,
+    ) -> None:
+        self._engine = engine.sync_engine
+        self._driver = driver
+        self._in_transaction = driver.transaction_per_statement
+        self._command_timeout = command_timeout
+        self._errors_of = errors_of
+        self._timed_out = timed_out
+        self._held = HeldConnection(engine) if hold_writes else None
+
+    async def execute(self, statement: Runnable, params: Mapping[str, Any]) -> int:
+        """Run ``statement`` once; the count of rows it changed."""
+        result = await self._attempted(self._one(statement, params, fetch=False, held=False))
+        assert isinstance(result, int)
+        return result
+
+    async def fetch(self, statement: Runnable, params: Mapping[str, Any]) -> list[Any]:
+        """Run ``statement`` once; every row it returned."""
+        result = await self._attempted(self._one(statement, params, fetch=True, held=False))
+        assert isinstance(result, list)
+        return result
+
+    async def write(self, statement: NamedStatement, params: Mapping[str, Any]) -> None:
+        """One write of the coalescer: on the held connection where there is one."""
+        await self._attempted(self._one(statement, params, fetch=False, held=True))
+
+    async def write_many(self, parts: list[tuple[NamedStatement, list[dict[str, Any]]]]) -> None:
+        """Each statement once per row (a multi-row statement per part), in one
+        transaction where the driver can (drivers.py)."""
+        if any(statement.driver is None for statement, _rows in parts):
+            sqlalchemy_parts = [(statement.statement, rows) for statement, rows in parts]
+            await self._attempted(self._in_greenlet(partial(batch_on_pool, sqlalchemy_parts)))
+            return
+        driver = self._driver
+        compiled = [
+            (statement.driver, [statement.driver.arguments(row) for row in rows])
+            for statement, rows in parts
+            if statement.driver is not None
+        ]
+
+        def run(raw: Any) -> Awaitable[None]:
+            return driver.run_many(raw, compiled)
+
+        sql = "; ".join(statement.sql for statement, _ in compiled)
+        await self._attempted(self._on_driver(run, sql, held=True))
+
+    @property
+    def holds_writes(self) -> bool:
+        """Whether writes run on one held connection (not on an in-memory SQLite
+        database, whose one connection is shared, nor off the fast path)."""
+        return self._held is not None
+
+    async def release_held(self) -> None:
+        """Give the writes' held connection back to the pool (at disconnect; a test that
+        wants every statement on a fresh checkout)."""
+        if self._held is not None:
+            await self._held.release()
+
+    def _one(
+        self, statement: Runnable, params: Mapping[str, Any], *, fetch: bool, held: bool
+    ) -> Attempt[int | list[Any]]:
+        fast = statement.driver if isinstance(statement, NamedStatement) else None
+        if fast is None:
+            job = partial(on_pool, executable_of(statement), params, fetch, self._in_transaction)
+            return self._in_greenlet(job)
+        args = fast.arguments(params)
+        driver = self._driver
+
+        def run(raw: Any) -> Awaitable[int | list[Any]]:
+            return driver.run(raw, fast, args, fetch)
+
+        return self._on_driver(run, fast.sql, held)
+
+    def _in_greenlet(self, job: Callable[[Engine, Callable[[], None]], T]) -> Attempt[T]:
+        """``job(engine, start)`` in one greenlet on the sync engine: the whole
+        checkout-execute-return of one call, where the AsyncConnection wrappers would cost
+        a greenlet switch each for connect, execute, fetch and close."""
+        engine = self._engine
+        return lambda deadline: greenlet_spawn(job, engine, deadline.start)
+
+    def _on_driver(self, work: Work[T], sql: str, held: bool) -> Attempt[T]:
+        connection = self._held if held else None
+        if connection is not None:
+            return lambda deadline: connection.run(work, sql, deadline.start)
+        return self._in_greenlet(partial(on_driver, work, sql))
+
+    async def _attempted(self, attempt: Attempt[T]) -> T:
+        """``attempt``, with our errors, one retry and ``command_timeout``.
+
+        A connection the server dropped (restart, failover, idle timeout) is found on use
+        rather than by a pre-ping on every checkout; every statement here is idempotent, so
+        it is retried once on a fresh connection. A server that stops answering (a hung
+        host, a partition) is given ``command_timeout`` from the moment a connection is
+        in hand; the connection is then discarded.
+        """
+        for try_number in (1, 2):
+            try:
+                async with asyncio.timeout(None) as scope:
+                    return await attempt(CommandDeadline(scope, self._command_timeout))
+            except TimeoutError:
+                raise self._timed_out() from None
+            except (SQLAlchemyError, OSError) as error:
+                stale = isinstance(error, DBAPIError) and error.connection_invalidated
+                if try_number == 1 and stale:
+                    continue
+                raise self._errors_of(error) from None
+        raise AssertionError("unreachable")

@@ -12,18 +12,17 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Executable
-
 from chicory_backends.sql.dialects import Statements
+from chicory_backends.sql.statements import NamedStatement
 
-Execute = Callable[[Executable, Mapping[str, Any]], Awaitable[int]]
-Fetch = Callable[[Executable, Mapping[str, Any]], Awaitable[list[Any]]]
+Execute = Callable[[NamedStatement, Mapping[str, Any]], Awaitable[int]]
+Fetch = Callable[[NamedStatement, Mapping[str, Any]], Awaitable[list[Any]]]
 Progress = Callable[[int], None]  # the rows deleted so far, after each batch
 
 
 async def delete_in_batches(
     execute: Execute,
-    statement: Executable,
+    statement: NamedStatement,
     cutoff: datetime,
     batch_size: int,
     progress: Progress | None = None,

@@ -1,4 +1,4 @@
-"""The arrows of the house plan (shared/design.md), read from the package's imports.
+"""The arrows of the house plan (docs/architecture.md), read from the package's imports.
 
 Faces use backends through the contract; the SQL and Redis backends never import each
 other; result.py never imports a driver; the CLI holds no SQL (it asks the backend).
