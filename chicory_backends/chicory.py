@@ -37,16 +37,25 @@ How it works, without changing Chicory: it wraps the broker's ``publish`` and
   the id of whichever sent a heartbeat last.
 
 Without ``track()`` nothing of this happens and every write is as before.
+
+What a Chicory user calls on ``app.backend`` keeps working after the switch: besides
+Chicory's ``Backend`` contract, the adapter has ``cleanup_old_results(older_than_seconds)``
+(Chicory's ``DatabaseBackend`` has it; a cron job calls it), ``config`` and ``result_ttl``;
+over a SQL backend it is also a ``chicory.backend.database.DatabaseBackend`` to
+``isinstance`` (a virtual subclass: nothing of Chicory's class is inherited), with that
+class's ``dsn`` (password masked), ``echo`` and pool settings.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Callable, Iterable
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import aclosing, suppress
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Protocol, Self, runtime_checkable
 
 from chicory import types as chicory_types
 from chicory.backend.base import Backend as ChicoryBackend
@@ -54,13 +63,15 @@ from chicory.broker.base import DEFAULT_QUEUE
 
 from chicory_backends.base import Backend
 from chicory_backends.codec import check_label, encode_arguments
-from chicory_backends.config import AnyBackendConfig
+from chicory_backends.config import AnyBackendConfig, RedisBackendConfig, SQLBackendConfig
 from chicory_backends.errors import (
     BackendNotConfiguredError,
     ConfigurationError,
     InvalidTaskIdError,
+    NotConnectedError,
 )
 from chicory_backends.factory import create_backend
+from chicory_backends.history import MAX_PAGE_SIZE
 from chicory_backends.result import AsyncResult
 from chicory_backends.types import BackendType, TaskDetails, TaskResult, TaskState, WorkerStats
 
@@ -68,7 +79,13 @@ if TYPE_CHECKING:
     from chicory.app import Chicory
     from chicory.broker.base import Broker, TaskEnvelope
 
-__all__ = ["ChicoryBackendAdapter", "async_result", "chicory_backend", "track"]
+__all__ = [
+    "ChicoryBackendAdapter",
+    "ChicoryDatabaseAdapter",
+    "async_result",
+    "chicory_backend",
+    "track",
+]
 
 DEFAULT_MAX_ARGS_BYTES = 16384
 
@@ -93,6 +110,16 @@ class Delivery:
 
 _delivery: ContextVar[Delivery | None] = ContextVar("chicory_backends_delivery", default=None)
 
+# Chicory's DatabaseBackend.cleanup_old_results default: a day.
+DEFAULT_CLEANUP_AGE = 86400
+
+
+@runtime_checkable
+class _CleansOldResults(Protocol):
+    """A backend with a cleanup of its own (the SQL backends)."""
+
+    async def cleanup_old_results(self, older_than_seconds: float = ...) -> int: ...
+
 
 class ChicoryBackendAdapter(ChicoryBackend):
     """A ``chicory.backend.Backend`` that stores through one of our backends.
@@ -101,6 +128,14 @@ class ChicoryBackendAdapter(ChicoryBackend):
     field); every guarantee of the wrapped backend, such as atomic upserts and the
     terminal-state guard, holds unchanged.
     """
+
+    def __new__(cls, backend: Backend) -> Self:
+        """``ChicoryBackendAdapter(backend)`` of one of our SQL backends is a
+        ChicoryDatabaseAdapter, as ``chicory_backend()`` gives it."""
+        chosen: type[ChicoryBackendAdapter] = cls
+        if cls is ChicoryBackendAdapter and _is_sql_backend(backend):
+            chosen = ChicoryDatabaseAdapter
+        return super().__new__(chosen)  # type: ignore[return-value]
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
@@ -182,11 +217,93 @@ class ChicoryBackendAdapter(ChicoryBackend):
         return [from_stats(stats) for stats in await self.backend.get_active_workers()]
 
     async def cleanup_stale_clients(self, stale_seconds: float = 60.0) -> int:
-        return await self.backend.cleanup_stale_clients(stale_seconds)
+        """Remove heartbeats that expired more than ``stale_seconds`` ago; the count.
+        Callable unconnected too (Chicory's returns 0 then; ours connects for the call)."""
+        return await self._connected_for_call(
+            lambda: self.backend.cleanup_stale_clients(stale_seconds)
+        )
 
     async def healthcheck(self) -> chicory_types.BackendStatus:
         status = await self.backend.healthcheck()
         return chicory_types.BackendStatus(connected=status.connected, error=status.error)
+
+    # Beyond Chicory's Backend: what its DatabaseBackend and RedisBackend also have.
+
+    @property
+    def config(self) -> AnyBackendConfig:
+        """The settings of the wrapped backend (ours: passwords are SecretStr).
+
+        Raises AttributeError for a backend object without settings of ours.
+        """
+        config = getattr(self.backend, "config", None)
+        if not isinstance(config, SQLBackendConfig | RedisBackendConfig):
+            raise AttributeError(f"{type(self.backend).__name__} has no backend settings")
+        return config
+
+    @property
+    def result_ttl(self) -> int | None:
+        """Seconds a result stays readable after its last write; None or 0: until cleanup
+        (SQL) or forever (Redis). Raises AttributeError as ``config`` does."""
+        return self.config.result_ttl
+
+    async def cleanup_old_results(self, older_than_seconds: float = DEFAULT_CLEANUP_AGE) -> int:
+        """Delete the results last written more than ``older_than_seconds`` ago (a day
+        by default) and return how many, as Chicory's ``DatabaseBackend`` does; callable
+        with Chicory's keyword or positionally, connected or not (it then connects for
+        the call and disconnects again).
+
+        A backend with a cleanup of its own runs it: the SQL backends delete in bounded
+        batches, each one short statement, and also reclaim results whose ``result_ttl``
+        has passed (no read returns those any more). The others (Redis) get a sweep of
+        their task history here: each task created and last written before the cutoff is
+        read again and deleted. It reaches the tasks the history holds (on Redis the
+        newest ``history_size``; older ones still expire by ``result_ttl``), and a write
+        landing between that last read and the delete is deleted with the task.
+
+        Raises TypeError unless ``older_than_seconds`` is a number, ValueError if it is
+        negative or not finite, and the backend's errors (BackendUnreachableError, ...).
+        """
+        _check_age(older_than_seconds)
+        backend = self.backend
+        if isinstance(backend, _CleansOldResults):
+            return await backend.cleanup_old_results(older_than_seconds)
+        cutoff = datetime.now(UTC) - timedelta(seconds=older_than_seconds)
+        return await self._connected_for_call(lambda: self._sweep_history(cutoff))
+
+    async def _sweep_history(self, cutoff: datetime) -> int:
+        """Delete every task of the history created and last written before ``cutoff``."""
+        deleted = 0
+        cursor: str | None = None
+        while True:
+            page = await self.backend.list_tasks(until=cutoff, limit=MAX_PAGE_SIZE, cursor=cursor)
+            for item in page.items:
+                if item.updated_at < cutoff and await self._delete_if_untouched(
+                    item.task_id, cutoff
+                ):
+                    deleted += 1
+            if page.next_cursor is None:
+                return deleted
+            cursor = page.next_cursor
+
+    async def _delete_if_untouched(self, task_id: str, cutoff: datetime) -> bool:
+        """Delete the task unless it was written since ``cutoff``; whether it did."""
+        record = await self.backend.get_task(task_id)
+        if record is None or record.updated_at >= cutoff:
+            return False
+        await self.backend.delete_result(task_id)
+        return True
+
+    async def _connected_for_call(self, call: Callable[[], Awaitable[int]]) -> int:
+        """``call()``; on a backend not connected, connected for the call alone."""
+        try:
+            return await call()
+        except NotConnectedError:
+            pass
+        await self.backend.connect()
+        try:
+            return await call()
+        finally:
+            await self.backend.disconnect()
 
     # Beyond Chicory's contract: what our backends add.
 
@@ -205,13 +322,93 @@ class ChicoryBackendAdapter(ChicoryBackend):
         return None if result is None else from_result(result)
 
 
+class ChicoryDatabaseAdapter(ChicoryBackendAdapter):
+    """The adapter over one of our SQL backends: also a ``chicory.backend.database.
+    DatabaseBackend`` to ``isinstance`` (registered as a virtual subclass, so code that
+    checks for Chicory's database backend before ``cleanup_old_results`` still runs it),
+    with the public attributes of that class that mean something here.
+
+    Not there: ``consumer_name`` (ours names no session) and the private ``_engine`` /
+    ``_sessionmaker`` (ours has its own pool; never Chicory's tables).
+    """
+
+    @property
+    def config(self) -> SQLBackendConfig:
+        """Our settings of the wrapped SQL backend."""
+        config = super().config
+        if not isinstance(config, SQLBackendConfig):
+            raise AttributeError(f"{type(self.backend).__name__} is not a SQL backend")
+        return config
+
+    @property
+    def dsn(self) -> str:
+        """The database URL with the password masked (Chicory's shows it in clear text;
+        ``config`` has it as a SecretStr)."""
+        return self.config.sqlalchemy_url().render_as_string(hide_password=True)
+
+    @property
+    def echo(self) -> bool:
+        return self.config.echo
+
+    @property
+    def pool_size(self) -> int:
+        return self.config.pool_size
+
+    @property
+    def max_overflow(self) -> int:
+        return self.config.max_overflow
+
+    @property
+    def pool_recycle(self) -> int:
+        return self.config.pool_recycle
+
+    @property
+    def pool_timeout(self) -> float:
+        return self.config.pool_timeout
+
+
+def _register_with_chicory() -> None:
+    """Make ChicoryDatabaseAdapter a virtual subclass of Chicory's DatabaseBackend (an ABC),
+    where Chicory has one (it needs SQLAlchemy, which this package requires anyway)."""
+    try:
+        from chicory.backend.database import DatabaseBackend as ChicoryDatabaseBackend
+    except ImportError:
+        return
+    ChicoryDatabaseBackend.register(ChicoryDatabaseAdapter)
+
+
+_register_with_chicory()
+
+
+def _is_sql_backend(backend: Backend) -> bool:
+    from chicory_backends.sql.backend import DatabaseBackend
+
+    return isinstance(backend, DatabaseBackend)
+
+
+def _check_age(older_than_seconds: object) -> None:
+    """Raise TypeError unless a number, ValueError unless finite and not negative."""
+    if isinstance(older_than_seconds, bool) or not isinstance(older_than_seconds, int | float):
+        raise TypeError(
+            f"older_than_seconds must be a number, not {type(older_than_seconds).__name__}"
+        )
+    if not math.isfinite(older_than_seconds) or older_than_seconds < 0:
+        raise ValueError(
+            f"older_than_seconds must be a finite number of seconds, at least 0, "
+            f"not {older_than_seconds}"
+        )
+
+
 def chicory_backend(
     kind: BackendType | str | None = None, config: AnyBackendConfig | None = None
 ) -> ChicoryBackendAdapter:
     """One of our backends, built like ``create_backend`` (from CHICORY_BACKEND_* variables
-    unless ``config`` is given), ready to pass as ``Chicory(backend=...)``.
+    unless ``config`` is given), ready to pass as ``Chicory(backend=...)``; over a SQL
+    backend a ChicoryDatabaseAdapter.
 
-    ``kind`` may be ours or Chicory's ``BackendType`` (the values are the same).
+    ``kind`` may be ours or Chicory's ``BackendType`` (the values are the same). Raises
+    ConfigurationError for settings ours refuses, including a variable Chicory 0.1.0 would
+    refuse when the app is built (see config.SQLBackendConfig), and DriverNotInstalledError.
     """
     return ChicoryBackendAdapter(create_backend(kind, config))
 

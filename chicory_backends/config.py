@@ -3,14 +3,37 @@
 As in Chicory 0.1.0, every class also reads a ``.env`` file (UTF-8) in the working
 directory; a variable set in the environment wins over the same one in ``.env``, and an
 argument given to the class wins over both.
+
+Chicory() reads the same variables when the app is built, whatever backend it is given,
+and fails on a value it refuses; so the SQL settings classes accept a variable only if
+Chicory 0.1.0 accepts it too (see SQLBackendConfig).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar
 
-from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import (
+    AnyUrl,
+    Field,
+    MySQLDsn,
+    PostgresDsn,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 from sqlalchemy.engine import URL, make_url
 
 from chicory_backends.errors import ConfigurationError
@@ -30,11 +53,195 @@ class BackendSelection(_Settings):
     type: str | None = None
 
 
+# -- the variables Chicory 0.1.0 reads too ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChicoryRefusal:
+    """Why Chicory 0.1.0 refuses a variable's value, and what to write instead."""
+
+    problem: str
+    fix: str
+
+
+# A rule sees a variable's text as set and returns why Chicory refuses it, or None.
+ChicoryRule = Callable[[str], ChicoryRefusal | None]
+
+# pydantic's own parsing of text, as pydantic-settings applies it to Chicory's fields.
+_INT: TypeAdapter[int] = TypeAdapter(int)
+_BOOL: TypeAdapter[bool] = TypeAdapter(bool)
+_POSTGRES_DSN: TypeAdapter[PostgresDsn] = TypeAdapter(PostgresDsn)
+_MYSQL_DSN: TypeAdapter[MySQLDsn] = TypeAdapter(MySQLDsn)
+_ANY_URL: TypeAdapter[AnyUrl] = TypeAdapter(AnyUrl)
+_UNSET_IT = "unset it (or delete its line from .env) to get the default, or give a value"
+
+
+def _whole_number(low: int, high: int | None = None, fix: str | None = None) -> ChicoryRule:
+    """Chicory's ``int`` field bounded by ``low`` (and ``high``)."""
+    bounds = f"from {low} to {high}" if high is not None else f"of at least {low}"
+    advice = fix or f"give a whole number {bounds}"
+
+    def rule(raw: str) -> ChicoryRefusal | None:
+        try:
+            value = _INT.validate_python(raw)
+        except ValidationError:
+            return ChicoryRefusal(f"is {raw!r}, which is not a whole number", advice)
+        if value < low or (high is not None and value > high):
+            return ChicoryRefusal(f"is {value}, and Chicory needs a whole number {bounds}", advice)
+        return None
+
+    return rule
+
+
+def _boolean(raw: str) -> ChicoryRefusal | None:
+    try:
+        _BOOL.validate_python(raw)
+    except ValidationError:
+        return ChicoryRefusal(f"is {raw!r}, which is not a boolean", "use true or false")
+    return None
+
+
+def _sqlite_url(raw: str) -> ChicoryRefusal | None:
+    """Chicory takes only the ``sqlite+aiosqlite:///`` form (not ``sqlite://`` for memory)."""
+    if raw.startswith("sqlite+aiosqlite:///"):
+        return None
+    scheme, separator, _ = raw.partition("://")
+    named = f"the scheme {scheme!r}" if separator and scheme else "no scheme"
+    return ChicoryRefusal(
+        f"names {named}, and Chicory takes only sqlite+aiosqlite:///<path>",
+        f"use {_as_aiosqlite(raw)}",
+    )
+
+
+def _as_aiosqlite(raw: str) -> str:
+    """The same SQLite database in Chicory's form; a placeholder for anything else (so
+    that no part of another kind of URL, such as a password, is ever shown)."""
+    try:
+        url = make_url(raw)
+    except Exception:
+        return "sqlite+aiosqlite:///<path of the file>"
+    if url.get_backend_name() != "sqlite":
+        return "sqlite+aiosqlite:///<path of the file>"
+    query = raw.partition("?")[2]  # a SQLite URL holds no password
+    return f"sqlite+aiosqlite:///{url.database or ':memory:'}" + (f"?{query}" if query else "")
+
+
+def _server_url(
+    dsn: TypeAdapter[Any], scheme: str | None, example: str, no_host: str
+) -> ChicoryRule:
+    """Chicory's URL field: valid for ``dsn`` (pydantic's URL type Chicory uses), and of
+    ``scheme`` when Chicory insists on one. ``no_host`` is the fix for a URL without a
+    host, which ours takes (several servers, a Unix socket) and Chicory does not."""
+
+    def rule(raw: str) -> ChicoryRefusal | None:
+        try:
+            url = dsn.validate_python(raw)
+        except ValidationError as error:
+            reason = str(error.errors()[0]["msg"])  # never the input: it holds the password
+            fix = no_host if "empty host" in reason else f"use a URL such as {example}"
+            return ChicoryRefusal(f"is a URL Chicory refuses ({reason})", fix)
+        if scheme is not None and url.scheme != scheme:
+            return ChicoryRefusal(
+                f"names the scheme {url.scheme!r}, and Chicory takes only {scheme}://",
+                f"use a URL such as {example}",
+            )
+        return None
+
+    return rule
+
+
+def chicory_refusal(rule: ChicoryRule, raw: str) -> ChicoryRefusal | None:
+    """Why Chicory 0.1.0 refuses ``raw`` for a field of ``rule``; an empty value is
+    refused for every such field (ours reads it as unset, Chicory parses it)."""
+    if not raw.strip():
+        return ChicoryRefusal("is set but empty, which Chicory refuses", _UNSET_IT)
+    return rule(raw)
+
+
+class _ChicoryAgreement(PydanticBaseSettingsSource):
+    """A settings source that gives no values: it checks, before the class reads them, each
+    of its variables that Chicory 0.1.0 also parses, and raises ConfigurationError for the
+    first one Chicory would refuse. It reads what Chicory reads: the environment, empty
+    values included, else ``.env``; arguments given to the class are not variables and
+    are not checked."""
+
+    def __init__(self, settings_cls: type[SQLBackendConfig]) -> None:
+        super().__init__(settings_cls)
+        self.config_class = settings_cls
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        config_class = self.config_class
+        sources = (
+            ("the environment", EnvSettingsSource(config_class, env_ignore_empty=False)),
+            (".env", DotEnvSettingsSource(config_class, env_ignore_empty=False)),
+        )
+        prefix = str(config_class.model_config.get("env_prefix", ""))
+        for name, rule in config_class.chicory_rules.items():
+            field = config_class.model_fields[name]
+            for where, source in sources:
+                raw = source.get_field_value(field, name)[0]
+                if raw is None:
+                    continue
+                refusal = chicory_refusal(rule, str(raw))
+                if refusal is not None:
+                    variable = f"{prefix}{name}".upper()
+                    raise ConfigurationError(
+                        f"{variable} (in {where}) {refusal.problem}. Chicory() parses this "
+                        f"variable too and would fail on it, so it is refused here as well: "
+                        f"{refusal.fix}"
+                    )
+                break  # the environment wins over .env, in Chicory as here
+        return {}
+
+
 class SQLBackendConfig(_Settings):
-    """What every SQL backend shares: the pool, expiry and the schema policy."""
+    """What every SQL backend shares: the pool, expiry and the schema policy.
+
+    **Chicory's variables.** Chicory() parses its own settings of every kind from the
+    same ``CHICORY_BACKEND_<KIND>_*`` variables when the app is built, and fails on a value
+    it refuses, even when the app is given our backend. So a variable (environment or
+    ``.env``) that Chicory 0.1.0 also parses is accepted only if Chicory accepts it too:
+    constructing the class raises ConfigurationError naming the variable, what Chicory
+    objects to and what to write instead (``chicory_rules`` lists the fields and rules).
+    That refuses, among others: an empty ``_URL``, ``_PORT``, ``_POOL_*`` or ``_ECHO`` (ours
+    would read it as unset); ``sqlite://`` and ``sqlite:///path`` URLs (use
+    ``sqlite+aiosqlite:///path``); ``mariadb://`` and ``mssql://`` schemes; URLs with no
+    host (several servers or a Unix socket in the query: list the servers in ``_HOSTS``,
+    or name ``localhost`` in the URL); ``_PORT`` outside 1..65535 or 0; ``_POOL_RECYCLE``
+    of -1; a fractional ``_POOL_TIMEOUT``. Variables only ours reads (``_RESULT_TTL``,
+    ``_HOSTS``, ...) and values given as arguments are not Chicory's and keep our own rules.
+    """
 
     driver_name: ClassVar[str]
     default_port: ClassVar[int | None] = None
+    chicory_rules: ClassVar[Mapping[str, ChicoryRule]] = {
+        "echo": _boolean,
+        "pool_size": _whole_number(1),
+        "max_overflow": _whole_number(0),
+        "pool_recycle": _whole_number(0, fix="give whole seconds, e.g. 86400"),
+        "pool_timeout": _whole_number(1, fix="give whole seconds, at least 1"),
+    }
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """The usual sources, after a check that Chicory accepts our variables too."""
+        return (
+            _ChicoryAgreement(cls),
+            init_settings,
+            env_settings,
+            dotenv_settings,
+            file_secret_settings,
+        )
 
     url: SecretStr | None = Field(
         default=None, description="Full SQLAlchemy URL; overrides the separate fields"
@@ -88,6 +295,12 @@ class SQLBackendConfig(_Settings):
 
 
 class _ServerSQLConfig(SQLBackendConfig):
+    chicory_rules = {
+        **SQLBackendConfig.chicory_rules,
+        "port": _whole_number(
+            1, 65535, fix="give the server's port, or unset it for the usual one"
+        ),
+    }
     host: str = "localhost"
     port: int = Field(default=0, description="0 = the database's usual port")
     database: str = "chicory"
@@ -178,6 +391,17 @@ def query_hosts(url: URL) -> list[str]:
 
 class PostgresBackendConfig(_MultiHostSQLConfig):
     model_config = SettingsConfigDict(env_prefix="CHICORY_BACKEND_POSTGRES_")
+    chicory_rules = {
+        **_ServerSQLConfig.chicory_rules,
+        "url": _server_url(
+            _POSTGRES_DSN,
+            None,
+            "postgresql+asyncpg://user:password@host:5432/database",
+            "name a host in the URL: for several servers, one of them, and list them all in "
+            "CHICORY_BACKEND_POSTGRES_HOSTS=h1:5432,h2:5432; for a Unix socket, localhost "
+            "(postgresql+asyncpg://user@localhost/database?host=/var/run/postgresql)",
+        ),
+    }
     driver_name = "postgresql+asyncpg"
     default_port = 5432
     port: int = 5432
@@ -208,6 +432,17 @@ class MySQLBackendConfig(_MultiHostSQLConfig):
     the order listed (see sql/engine.py)."""
 
     model_config = SettingsConfigDict(env_prefix="CHICORY_BACKEND_MYSQL_")
+    chicory_rules = {
+        **_ServerSQLConfig.chicory_rules,
+        "url": _server_url(
+            _MYSQL_DSN,
+            None,
+            "mysql+aiomysql://user:password@host:3306/database (MariaDB too)",
+            "name a host in the URL: for several servers, one of them, and list them all in "
+            "CHICORY_BACKEND_MYSQL_HOSTS=n1:3306,n2:3306; for a Unix socket, localhost "
+            "(mysql+aiomysql://user@localhost/database?unix_socket=/run/mysqld/mysqld.sock)",
+        ),
+    }
     driver_name = "mysql+aiomysql"
     default_port = 3306
     port: int = 3306
@@ -215,6 +450,16 @@ class MySQLBackendConfig(_MultiHostSQLConfig):
 
 class MSSQLBackendConfig(_ServerSQLConfig):
     model_config = SettingsConfigDict(env_prefix="CHICORY_BACKEND_MSSQL_")
+    chicory_rules = {
+        **_ServerSQLConfig.chicory_rules,
+        "url": _server_url(
+            _ANY_URL,
+            "mssql+aioodbc",
+            "mssql+aioodbc://user:password@host:1433/database?driver=ODBC+Driver+18+for+SQL+Server",
+            "name a host in the URL (with odbc_connect it is not used): "
+            "mssql+aioodbc://localhost/?odbc_connect=...",
+        ),
+    }
     driver_name = "mssql+aioodbc"
     default_port = 1433
     port: int = 1433
@@ -227,6 +472,7 @@ class MSSQLBackendConfig(_ServerSQLConfig):
 
 class SQLiteBackendConfig(SQLBackendConfig):
     model_config = SettingsConfigDict(env_prefix="CHICORY_BACKEND_SQLITE_")
+    chicory_rules = {**SQLBackendConfig.chicory_rules, "url": _sqlite_url}
     driver_name = "sqlite+aiosqlite"
     file_path: str = "chicory_results.db"
     busy_timeout_ms: int = Field(default=5000, ge=0)
@@ -271,6 +517,12 @@ class RedisBackendConfig(_Settings):
     )
     wait_timeout: float = Field(
         default=1.0, gt=0, description="Seconds a terminal write waits for its replicas"
+    )
+    write_chicory_format: bool = Field(
+        default=False,
+        description="Also write what Chicory 0.1.0's own RedisBackend reads (result "
+        "documents it parses, heartbeats in its worker set), for its clients during a "
+        "switch; it reads only the 'chicory' key prefix",
     )
 
     @field_validator("sentinels", mode="before")

@@ -43,22 +43,27 @@ def test_postgres_variables(monkeypatch: pytest.MonkeyPatch) -> None:
         assert SECRET not in shown
 
 
+# The URL's scheme: bare where Chicory 0.1.0 takes it too (our driver is added), else the
+# one Chicory insists on (tests/test_chicory_compat.py: variables both must accept).
 @pytest.mark.parametrize(
-    ("prefix", "config_class", "drivername", "port"),
+    ("prefix", "config_class", "drivername", "port", "scheme"),
     [
-        ("MYSQL", MySQLBackendConfig, "mysql+aiomysql", 3306),
-        ("MSSQL", MSSQLBackendConfig, "mssql+aioodbc", 1433),
+        ("MYSQL", MySQLBackendConfig, "mysql+aiomysql", 3306, "mysql"),
+        ("MSSQL", MSSQLBackendConfig, "mssql+aioodbc", 1433, "mssql+aioodbc"),
     ],
 )
 def test_server_defaults_and_url_override(
-    monkeypatch: pytest.MonkeyPatch, prefix: str, config_class: type, drivername: str, port: int
+    monkeypatch: pytest.MonkeyPatch,
+    prefix: str,
+    config_class: type,
+    drivername: str,
+    port: int,
+    scheme: str,
 ) -> None:
     monkeypatch.setenv(f"CHICORY_BACKEND_{prefix}_HOST", "h")
     url = config_class().sqlalchemy_url()
     assert (url.drivername, url.host, url.port) == (drivername, "h", port)
-    monkeypatch.setenv(
-        f"CHICORY_BACKEND_{prefix}_URL", f"{drivername.split('+')[0]}://x:{SECRET}@other/db"
-    )
+    monkeypatch.setenv(f"CHICORY_BACKEND_{prefix}_URL", f"{scheme}://x:{SECRET}@other/db")
     url = config_class().sqlalchemy_url()
     assert (url.drivername, url.host, url.password) == (drivername, "other", SECRET)
 
