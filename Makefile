@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 DEMO_DB ?= chicory_demo.db
 
-.PHONY: install demo test lint bench bench-e2e bench-bursts bench-cleanup clean
+.PHONY: install demo test lint bench bench-e2e bench-bursts bench-cleanup bench-adopt clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,19 @@ lint: install
 	$(BIN)/ruff check chicory_backends migrations tests examples bench
 	$(BIN)/ruff format --check chicory_backends migrations tests examples bench
 	$(BIN)/mypy
+
+# The chicory-backends command of this checkout (the same as .venv/bin/chicory-backends,
+# configured like the library: CHICORY_BACKEND_TYPE, CHICORY_BACKEND_<TYPE>_*, .env), e.g.
+# make cli ARGS="migrate", make cli ARGS="tasks --state FAILURE --since 1h".
+# make dashboard: the web dashboard on http://127.0.0.1:8000 (ARGS="--port 8001").
+.PHONY: cli dashboard
+ARGS ?=
+
+cli: install
+	$(BIN)/chicory-backends $(ARGS)
+
+dashboard: install
+	$(BIN)/chicory-backends dashboard $(ARGS)
 
 BENCH_ARGS ?=
 
@@ -50,6 +63,12 @@ bench-bursts: install
 # stored every 10 ms; about 1 minute. Writes bench/results/cleanup.{md,json}.
 bench-cleanup: install
 	$(BIN)/python -m bench cleanup $(BENCH_ARGS)
+
+# Adopting Chicory 0.1.0's own tables (1,000,000 rows; 100,000 on SQLite) with
+# `chicory-backends migrate` while Chicory's own backend keeps writing and reading; about
+# 3 to 5 minutes. Writes bench/results/adopt.{md,json}.
+bench-adopt: install
+	$(BIN)/python -m bench adopt $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(DEMO_DB) $(DEMO_DB)-wal $(DEMO_DB)-shm .pytest_cache .mypy_cache

@@ -1,4 +1,4 @@
-"""``python -m bench [--only ...] [--parts ...]``, ``python -m bench e2e|bursts|cleanup|history``.
+"""``python -m bench [--only ...] [--parts ...]``; ``python -m bench e2e|bursts|cleanup|adopt``.
 
 Without a subcommand (``make bench``) one run does all three parts, side by side per
 backend: the steady throughput and round trips (latest.md), the store_result bursts
@@ -109,6 +109,46 @@ def _cleanup(argv: list[str]) -> int:
     return 0
 
 
+def _adopt(argv: list[str]) -> int:
+    from bench import adopt
+
+    parser = argparse.ArgumentParser(
+        prog="python -m bench adopt",
+        description=adopt.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--only", help=f"backends, comma-separated: {','.join(SQL_KINDS)}")
+    parser.add_argument(
+        "--rows", type=int, default=None,
+        help="Chicory rows (default 1,000,000 on PostgreSQL and MariaDB, 100,000 on SQLite)",
+    )  # fmt: skip
+    parser.add_argument("--idle", type=float, default=10.0, help="seconds of load before")
+    parser.add_argument("--after", type=float, default=5.0, help="seconds of load after")
+    parser.add_argument("--interval", type=float, default=0.005, help="seconds between writes")
+    parser.add_argument(
+        "--read-interval", type=float, default=0.005, help="seconds between reads, per reader"
+    )
+    parser.add_argument("--sample", type=int, default=200, help="rows compared before/after")
+    parser.add_argument("--keep", action="store_true", help="keep the bench database")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where adopt.md/json go")
+    args = parser.parse_args(argv)
+    if args.rows is not None and args.rows < 1:
+        parser.error("--rows must be at least 1")
+    settings = adopt.Settings(
+        kinds=_kinds(args.only, SQL_KINDS),
+        rows=args.rows,
+        idle=args.idle,
+        after=args.after,
+        interval=args.interval,
+        read_interval=args.read_interval,
+        sample=args.sample,
+        keep=args.keep,
+    )
+    print(adopt.write(asyncio.run(adopt.run(settings)), args.out))
+    print(f"written: {args.out / 'adopt.md'}, {args.out / 'adopt.json'}", file=sys.stderr)
+    return 0
+
+
 def _e2e_parser(parser: argparse.ArgumentParser) -> None:
     from bench import e2e
 
@@ -191,6 +231,8 @@ def main(argv: list[str]) -> int:
         return _part(argv[1:], "bursts", _bursts_parser, _bursts_settings)
     if argv[:1] == ["cleanup"]:
         return _cleanup(argv[1:])
+    if argv[:1] == ["adopt"]:
+        return _adopt(argv[1:])
     if argv[:1] == ["history"]:
         from bench import history
 

@@ -19,7 +19,7 @@ from sqlalchemy import Connection
 from chicory_backends.config import SQLBackendConfig
 from chicory_backends.errors import DriverNotInstalledError
 from chicory_backends.factory import config_for, require_driver, sql_config_from_url
-from chicory_backends.sql.adopt import ADOPTION_TABLE
+from chicory_backends.sql.adopt import ADOPTION_TABLE, inspect_layout
 from chicory_backends.sql.engine import create_engine
 from chicory_backends.sql.migrate import VERSION_TABLE, migration_lock
 from chicory_backends.sql.schema import POSTGRESQL_ONLY_TABLES, metadata
@@ -65,7 +65,23 @@ def _compare_type(
     default comparison."""
     if metadata_column.name == "state" and isinstance(inspected_type, sa.String):
         return inspected_type.length not in (16, 50)
+    if _ADOPTED and _kept_by_adoption(inspected_type, metadata_column):
+        return False
     return None
+
+
+# Whether the database's tables are Chicory's, adopted in place (sql/adopt.py); set for
+# each online run. On MySQL/MariaDB those keep Chicory's column types, which a rewrite
+# with writes locked out would be needed to change: DATETIME to the second, TEXT
+# documents.
+_ADOPTED = False
+
+
+def _kept_by_adoption(inspected_type: Any, metadata_column: Any) -> bool:
+    name = type(inspected_type).__name__.upper()
+    if name == "DATETIME":
+        return metadata_column.name in ("created_at", "updated_at", "expires_at")
+    return name == "TEXT" and metadata_column.name in ("result_json", "heartbeat_json")
 
 
 def _configure(**kwargs: object) -> None:
@@ -78,6 +94,9 @@ def _configure(**kwargs: object) -> None:
         version_table=VERSION_TABLE,
         compare_type=_compare_type,
         render_as_batch=True,
+        # Each revision commits on its own: the adoption's index builds on PostgreSQL run
+        # CONCURRENTLY, outside any transaction, and must not find one holding locks.
+        transaction_per_migration=True,
         **kwargs,  # type: ignore[arg-type]
     )
 
@@ -89,7 +108,10 @@ def run_offline() -> None:
 
 
 def run_on(connection: Connection) -> None:
+    global _ADOPTED  # env.py runs afresh for each alembic command
     with migration_lock(connection):
+        _ADOPTED = inspect_layout(connection).adopted
+        connection.commit()  # the migrations' transactions are Alembic's to begin
         _configure(connection=connection)
         with context.begin_transaction():
             context.run_migrations()

@@ -117,53 +117,110 @@ def count_rows(connection: Connection, layout: StoreLayout) -> dict[str, int]:
 
 
 def adopt_chicory_tables(op: Any, layout: StoreLayout | None) -> None:
-    """Revision 0001's upgrade on a database holding Chicory's tables: add our columns,
-    drop Chicory's indexes that ours replace, record the adoption. ``layout`` is None
+    """Revision 0001's upgrade on a database holding Chicory's tables: our columns (all of
+    the head layout's at once, so that later revisions find them there), our indexes,
+    Chicory's indexes that ours replace dropped, the adoption recorded. ``layout`` is None
     offline (``--sql``), where every step is written out; online each step runs only if
-    it is still to do."""
-    dialect = op.get_context().dialect.name
-    from chicory_backends.sql.schema import JsonDocument, LongText, UtcDateTime
+    it is still to do, so a rerun after a kill finishes the work.
 
-    results = layout.tables.get(RESULTS, set()) if layout else set()
-    beats = layout.tables.get(HEARTBEATS, set()) if layout else set()
-    indexes = (
-        layout.indexes
-        if layout
-        else {name for names in CHICORY_ONLY_INDEXES.values() for name in names}
-    )
+    Nothing here blocks Chicory's own workers for longer than a catalogue change: no
+    column type changes (they would rewrite the table), indexes built without a write
+    lock (PostgreSQL CONCURRENTLY outside the migration's transaction, MySQL/MariaDB
+    LOCK=NONE), and on MySQL/MariaDB one ALTER for the columns and one for the indexes
+    (each DDL statement can make a transaction of Chicory's, a SELECT then an UPDATE,
+    fail with a deadlock error, so there are as few as can be).
+    """
+    from chicory_backends.sql.schema import task_results
+
+    dialect = op.get_context().dialect.name
+    chicory_only = {name for names in CHICORY_ONLY_INDEXES.values() for name in names}
+    present = layout.tables.get(RESULTS, set()) if layout else set(CHICORY_RESULTS_COLUMNS)
+    indexes = layout.indexes if layout else chicory_only | {"ix_chicory_task_results_updated_at"}
+    columns = [column for column in task_results.columns if column.name not in present]
+    ours = indexes - chicory_only
+    new_indexes = [index for index in task_results.indexes if index.name not in ours]
+    if dialect == "postgresql" and layout is not None:
+        _drop_invalid_indexes(op)
     if dialect in ("mysql", "mariadb"):
-        _adopt_mysql(op, results, beats)
+        _adopt_mysql(op, columns, new_indexes, indexes)
     else:
         for table, chicory_indexes in CHICORY_ONLY_INDEXES.items():
             for name in chicory_indexes:
                 if name in indexes:
                     op.drop_index(name, table_name=table)
-        for name, type_ in (
-            ("result", JsonDocument),
-            ("error", LongText),
-            ("traceback", LongText),
-            ("expires_at", UtcDateTime),
-        ):
-            if name not in results:
-                op.add_column(RESULTS, sa.Column(name, type_, nullable=True))
-        if "stats" not in beats:
-            if layout is not None and dialect == "sqlite":
-                # What a batch copy killed halfway leaves behind (SQLite rolls the copy
-                # back, not the CREATE of its temporary table); the table itself is intact.
-                op.execute(f"DROP TABLE IF EXISTS _alembic_tmp_{HEARTBEATS}")
-            # Our heartbeats fill stats only: Chicory's heartbeat_json becomes nullable
-            # (on SQLite a copy of the heartbeats table, a few rows).
-            with op.batch_alter_table(HEARTBEATS, copy_from=_chicory_heartbeats()) as batch:
-                batch.add_column(sa.Column("stats", JsonDocument, nullable=True))
-                batch.alter_column(CHICORY_HEARTBEAT_COLUMN, existing_type=sa.Text(), nullable=True)
-    if layout is None or "ix_chicory_task_results_expires_at" not in layout.indexes:
-        op.create_index("ix_chicory_task_results_expires_at", RESULTS, ["expires_at"])
+        for column in columns:
+            op.add_column(RESULTS, _detached(column))
+        _heartbeats_nullable(op, layout)
+        _create_indexes(op, new_indexes, concurrently=dialect == "postgresql")
     if layout is None or not layout.adopted:
         # Last: the marker says the steps above are all done.
         marker = op.create_table(
             ADOPTION_TABLE, sa.Column("source", sa.String(64), primary_key=True)
         )
         op.bulk_insert(marker, [{"source": "chicory 0.1.0"}])
+
+
+def _detached(column: sa.Column[Any]) -> sa.Column[Any]:
+    """A column of schema.py's table as a new one, for ``op.add_column``."""
+    return sa.Column(
+        column.name, column.type, nullable=column.nullable, server_default=column.server_default
+    )
+
+
+# The columns of Chicory 0.1.0's results table (chicory/backend/models.py).
+CHICORY_RESULTS_COLUMNS = ("task_id", "state", CHICORY_RESULT_COLUMN, "created_at", "updated_at")
+
+
+def _heartbeats_nullable(op: Any, layout: StoreLayout | None) -> None:
+    """Our heartbeats fill ``stats`` only: Chicory's ``heartbeat_json`` becomes nullable
+    (on SQLite a copy of the heartbeats table, a few rows)."""
+    from chicory_backends.sql.schema import JsonDocument
+
+    if layout is not None and "stats" in layout.tables.get(HEARTBEATS, set()):
+        return
+    if layout is not None and op.get_context().dialect.name == "sqlite":
+        # What a batch copy killed halfway leaves behind (SQLite rolls the copy back, not
+        # the CREATE of its temporary table); the table itself is intact.
+        op.execute(f"DROP TABLE IF EXISTS _alembic_tmp_{HEARTBEATS}")
+    with op.batch_alter_table(HEARTBEATS, copy_from=_chicory_heartbeats()) as batch:
+        batch.add_column(sa.Column("stats", JsonDocument, nullable=True))
+        batch.alter_column(CHICORY_HEARTBEAT_COLUMN, existing_type=sa.Text(), nullable=True)
+
+
+def _create_indexes(op: Any, indexes: list[sa.Index], *, concurrently: bool) -> None:
+    """Our indexes on the adopted table. PostgreSQL builds them CONCURRENTLY, which cannot
+    run inside a transaction: the migration's transaction is committed first (the
+    columns above are then in place) and each build runs on its own."""
+    if not concurrently:
+        for index in indexes:
+            op.create_index(index.name, RESULTS, [column.name for column in index.columns])
+        return
+    if indexes:
+        with op.get_context().autocommit_block():
+            for index in indexes:
+                op.create_index(
+                    index.name,
+                    RESULTS,
+                    [column.name for column in index.columns],
+                    postgresql_concurrently=True,
+                )
+
+
+def _drop_invalid_indexes(op: Any) -> None:
+    """A CONCURRENTLY build that was killed leaves an index marked invalid under its name;
+    drop it, so that the rerun builds it again."""
+    found = op.get_bind().execute(
+        sa.text(
+            "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+            "JOIN pg_class t ON t.oid = i.indrelid WHERE NOT i.indisvalid AND t.relname = :t"
+        ),
+        {"t": RESULTS},
+    )
+    invalid = list(found.scalars())
+    if invalid:
+        with op.get_context().autocommit_block():
+            for name in invalid:
+                op.drop_index(name, table_name=RESULTS, postgresql_concurrently=True)
 
 
 def _chicory_heartbeats() -> sa.Table:
@@ -180,35 +237,39 @@ def _chicory_heartbeats() -> sa.Table:
     )
 
 
-def _adopt_mysql(op: Any, results: set[str], beats: set[str]) -> None:
-    """One ALTER per table (MySQL and MariaDB rewrite a table for each ALTER that changes a
-    column type): microsecond timestamps, byte-exact ids, LONGTEXT documents, our columns.
-    Each ALTER is atomic, so the check before it is all a rerun needs."""
-    collation = "utf8mb4_nopad_bin" if _is_mariadb(op) else "utf8mb4_0900_bin"
-    task_id = f"VARCHAR(255) CHARACTER SET utf8mb4 COLLATE {collation} NOT NULL"
-    if "result" not in results:
-        op.execute(
-            f"ALTER TABLE {RESULTS} "
-            f"MODIFY task_id {task_id}, MODIFY state VARCHAR(50) NOT NULL, "
-            "MODIFY result_json LONGTEXT NULL, "
-            "MODIFY created_at DATETIME(6) NOT NULL, MODIFY updated_at DATETIME(6) NOT NULL, "
-            "ADD COLUMN result JSON NULL, ADD COLUMN error LONGTEXT NULL, "
-            "ADD COLUMN traceback LONGTEXT NULL, ADD COLUMN expires_at DATETIME(6) NULL, "
-            + ", ".join(f"DROP INDEX {name}" for name in CHICORY_ONLY_INDEXES[RESULTS])
-        )
-    if "stats" not in beats:
-        op.execute(
-            f"ALTER TABLE {HEARTBEATS} "
-            f"MODIFY worker_id {task_id}, MODIFY heartbeat_json LONGTEXT NULL, "
-            "MODIFY expires_at DATETIME(6) NOT NULL, MODIFY updated_at DATETIME(6) NOT NULL, "
-            "ADD COLUMN stats JSON NULL, "
-            + ", ".join(f"DROP INDEX {name}" for name in CHICORY_ONLY_INDEXES[HEARTBEATS])
-        )
-
-
-def _is_mariadb(op: Any) -> bool:
+def _adopt_mysql(
+    op: Any, columns: list[sa.Column[Any]], indexes: list[sa.Index], present: set[str]
+) -> None:
+    """Two ALTERs on the results table, neither of which copies it or locks out writes:
+    the columns (LOCK=NONE: MariaDB adds them in place or refuses, never copying), then
+    Chicory's two indexes out and ours in. Chicory's column types stay (DATETIME to the
+    second, TEXT documents of at most 64 KB, its id collation): changing any of them
+    rewrites the table with writes locked out (MariaDB 10.11 has no online copy)."""
     dialect = op.get_context().dialect
-    return dialect.name == "mariadb" or bool(getattr(dialect, "is_mariadb", False))
+    if columns:
+        added = ", ".join(
+            f"ADD COLUMN {sa.schema.CreateColumn(column).compile(dialect=dialect)}"
+            for column in columns
+        )
+        op.execute(f"ALTER TABLE {RESULTS} {added}, LOCK=NONE")
+    changes = [f"DROP INDEX {name}" for name in CHICORY_ONLY_INDEXES[RESULTS] if name in present]
+    changes += [
+        f"ADD INDEX {index.name} ({', '.join(column.name for column in index.columns)})"
+        for index in indexes
+    ]
+    if changes:
+        op.execute(f"ALTER TABLE {RESULTS} {', '.join(changes)}, ALGORITHM=INPLACE, LOCK=NONE")
+    beats = [f"DROP INDEX {name}" for name in CHICORY_ONLY_INDEXES[HEARTBEATS] if name in present]
+    if "stats" not in _present_columns(op, HEARTBEATS):
+        beats += ["ADD COLUMN stats JSON NULL", "MODIFY heartbeat_json TEXT NULL"]
+    if beats:
+        op.execute(f"ALTER TABLE {HEARTBEATS} {', '.join(beats)}")
+
+
+def _present_columns(op: Any, table: str) -> set[str]:
+    if op.get_context().as_sql:
+        return set()
+    return {column["name"] for column in sa.inspect(op.get_bind()).get_columns(table)}
 
 
 # -- the downgrade: our tables become Chicory's again ------------------------------------

@@ -42,6 +42,7 @@ from chicory_backends.history import (
 )
 from chicory_backends.sql import maintenance
 from chicory_backends.sql.dialects import (
+    CHICORY_DOCUMENT_MAX_BYTES,
     PAGE_COLUMNS,
     PAGE_FILTERS,
     RECORD_COLUMNS,
@@ -97,6 +98,7 @@ class DatabaseBackend(Backend):
         self._ttl = timedelta(seconds=config.result_ttl) if config.result_ttl else None
         self._driver: Driver = driver_for(config)
         self._executor: Executor | None = None  # made at connect (execution.py)
+        self._chicory_document_limit: int | None = None
         self._connecting = asyncio.Lock()
         self._write_calls: Coalescer[Write, None] = coalesce.writes(
             self._write_one, self._write_batch, _row_may_be_at_fault
@@ -143,6 +145,7 @@ class DatabaseBackend(Backend):
             timed_out=self._timed_out,
             hold_writes=fast and not self._driver.single_connection,
         )
+        self._chicory_document_limit = CHICORY_DOCUMENT_MAX_BYTES.get(engine.dialect.name)
         self._engine = engine
 
     async def disconnect(self) -> None:
@@ -192,9 +195,7 @@ class DatabaseBackend(Backend):
             "result": value,
             "error": error,
             "traceback": traceback,
-            "result_json": encode_chicory_result(task_id, state, value, error, traceback)
-            if self.config.write_chicory_format
-            else None,
+            "result_json": self._chicory_document(task_id, state, value, error, traceback),
             "created_at": now,
             "updated_at": now,
             "expires_at": self._expiry(now),
@@ -486,6 +487,19 @@ class DatabaseBackend(Backend):
         if self._statements is None or self._engine is None:
             raise NotConnectedError(type(self).__name__)
         return self._statements
+
+    def _chicory_document(
+        self, task_id: str, state: TaskState, value: str | None, error: str | None, tb: str | None
+    ) -> str | None:
+        """What a store writes into Chicory's ``result_json``: nothing, unless
+        ``write_chicory_format`` asks for its document (and the column can hold it)."""
+        if not self.config.write_chicory_format:
+            return None
+        document = encode_chicory_result(task_id, state, value, error, tb)
+        limit = self._chicory_document_limit
+        if limit is not None and len(document.encode()) > limit:
+            return None
+        return document
 
     def _uses_fast_path(self) -> bool:
         """Whether the hot statements skip SQLAlchemy's Connection: not behind PgBouncer (a

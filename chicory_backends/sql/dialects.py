@@ -83,6 +83,11 @@ STATE_UPDATE_COLUMNS = tuple(
 )
 # heartbeat_json: Chicory's own clients read it (write_chicory_format); null otherwise.
 HEARTBEAT_COLUMNS = ("worker_id", "stats", "updated_at", "expires_at", "heartbeat_json")
+# Where Chicory's own backend made the table, result_json is TEXT: at most 64 KB on
+# MySQL/MariaDB (sql/adopt.py keeps the column type, since changing it would rewrite the
+# table). A longer document is not written there (write_chicory_format), as Chicory's own
+# backend could not have written it either.
+CHICORY_DOCUMENT_MAX_BYTES = {"mysql": 65_535, "mariadb": 65_535}
 # A row Chicory's own backend wrote carries its document; reads decode it instead
 # (sql/backend.py), so every read of a result selects it last.
 CHICORY_DOCUMENT = "result_json"
