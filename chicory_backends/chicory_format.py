@@ -23,9 +23,9 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from chicory_backends.codec import decode_state
+from chicory_backends.codec import decode_state, document_record
 from chicory_backends.errors import CorruptResultError
-from chicory_backends.types import TaskResult, TaskState
+from chicory_backends.types import TaskRecord, TaskResult, TaskState
 
 _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 _RESULT_TEXTS = ("result", "error", "traceback")
@@ -93,3 +93,42 @@ def encode_chicory_result(
     head = _encoder.encode(head_fields)
     tail = _encoder.encode({"error": error, "traceback": traceback})
     return f'{head[:-1]},"result":{value_json or "null"},{tail[1:]}'
+
+
+# -- Redis: two document shapes at one key ---------------------------------------------
+#
+# The rule: a document with a "task_id" key is Chicory-shaped, and its "result" is the
+# value as plain JSON; a document without one is ours, and its "result" is the value's
+# JSON text. Chicory's TaskResult JSON always has "task_id" (pydantic dumps every field,
+# None included); ours never has one (codec.encode_document and encode_state_document
+# write the state, the result fields and the history fields, and the store script drops
+# "task_id" whenever it rewrites a document without write_chicory_format) unless written
+# with write_chicory_format, which makes it Chicory-shaped on purpose: our fields plus
+# "task_id", the value as plain JSON, and "result", "error", "traceback" last in that order
+# (the store script cuts the value's text out there; redis/backend.py).
+CHICORY_SHAPE_KEY = "task_id"
+
+
+def is_chicory_shaped(doc: Mapping[str, Any]) -> bool:
+    """Whether a loaded Redis document keeps its value as plain JSON (see the rule above)."""
+    return CHICORY_SHAPE_KEY in doc
+
+
+def chicory_record(task_id: str, doc: dict[str, Any], *, whole: bool = True) -> TaskRecord:
+    """The TaskRecord of a Chicory-shaped document: the history fields that ours written
+    for Chicory carry, none (times at codec.UNKNOWN_TIME) for Chicory's own; the value as
+    stored. Raises CorruptResultError."""
+    others = {name: value for name, value in doc.items() if name not in ("task_id", "result")}
+    record = document_record(task_id, others, whole=whole)
+    if whole:
+        record.result = doc.get("result")
+    return record
+
+
+def chicory_shaped_document(task_id: str, ours: bytes) -> bytes:
+    """Our Redis document (codec.encode_document or encode_state_document) in the shape
+    Chicory 0.1.0's ``TaskResult.model_validate_json`` reads, our fields kept beside it."""
+    doc = json.loads(ours)
+    value_json, error, traceback = (doc.pop(name, None) for name in _RESULT_TEXTS)
+    state = doc.pop("state")
+    return encode_chicory_result(task_id, state, value_json, error, traceback, doc).encode()

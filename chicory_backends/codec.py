@@ -329,7 +329,9 @@ def encode_state_document(task_id: str, state: TaskState, history: Mapping[str, 
     return _encode_document_fields(task_id, {**history, "state": TaskState(state).value})
 
 
-def _load_document(task_id: str, raw: bytes | str) -> dict[str, Any]:
+def load_document(task_id: str, raw: bytes | str) -> dict[str, Any]:
+    """The fields of one stored Redis document, ours or Chicory's (chicory_format tells
+    them apart); raises CorruptResultError when it is not a JSON object with a state."""
     try:
         doc = json.loads(raw)
     except (ValueError, RecursionError) as exc:
@@ -340,7 +342,11 @@ def _load_document(task_id: str, raw: bytes | str) -> dict[str, Any]:
 
 
 def decode_document(task_id: str, raw: bytes | str) -> TaskResult:
-    doc = _load_document(task_id, raw)
+    return document_result(task_id, load_document(task_id, raw))
+
+
+def document_result(task_id: str, doc: Mapping[str, Any]) -> TaskResult:
+    """The TaskResult of one of our loaded documents (result, error, traceback as text)."""
     texts = [doc.get(name) for name in ("result", "error", "traceback")]
     if not all(text is None or isinstance(text, str) for text in texts):
         raise CorruptResultError(task_id, "result, error and traceback must be text or null")
@@ -351,7 +357,11 @@ def decode_document_record(task_id: str, raw: bytes | str, *, whole: bool = True
     """The TaskRecord of one stored document; ``whole=False`` leaves out result,
     traceback and args (a page of list_tasks). A document written before the history
     reads with attempts 0 and created_at/updated_at at ``UNKNOWN_TIME``."""
-    doc = _load_document(task_id, raw)
+    return document_record(task_id, load_document(task_id, raw), whole=whole)
+
+
+def document_record(task_id: str, doc: Mapping[str, Any], *, whole: bool = True) -> TaskRecord:
+    """``decode_document_record`` of a loaded document; raises CorruptResultError."""
     for name in (*_DOCUMENT_TEXTS, *_DOCUMENT_TIMES):
         value = doc.get(name)
         if value is not None and not isinstance(value, str):

@@ -12,6 +12,9 @@ Layout (``P`` is ``config.key_prefix``)::
     {P:workers}:hb:<worker_id> WorkerStats JSON, expires with the heartbeat TTL
     {P:workers}:index          sorted set: worker id -> heartbeat expiry (epoch seconds)
     P:done                     pub/sub channel: the task id, each time a terminal state is written
+    P:state:<task_id>          Chicory 0.1.0's own: the bare state its set_state writes
+    P:heartbeat:<worker_id>    Chicory 0.1.0's own heartbeats (WorkerStats JSON), listed in
+    P:workers                  the set of its worker ids (same slot as {P:workers}:index)
 
 The heartbeat keys share one hash tag so that, on Cluster, the index and the
 heartbeats live in one slot: a heartbeat is one MULTI/EXEC and the active-worker
@@ -43,6 +46,27 @@ already listed). On Cluster the entry's score is the time of the first write to 
 the index, which can differ by a little from ``created_at``
 (writers racing, or a result written again after it expired); pages are ordered and
 their cursors positioned by the score, so they stay exact.
+
+Chicory 0.1.0's own RedisBackend writes ``chicory:result:<id>`` too (the same key with
+the default prefix; it ignores its own key_prefix setting), holding the JSON of its
+TaskResult, the value as plain JSON. Both shapes read exactly: a document with a
+"task_id" key is Chicory-shaped (chicory_format.is_chicory_shaped). A task Chicory only
+set_state'd has no document, only ``P:state:<id>``: get_result and get_task return
+that state (no value, get_task without times), and a terminal state there beats a
+non-terminal document of ours (a task our client enqueued and an old worker finished with
+ignore_result). get_results on a single node or Sentinel reads both keys in one MGET;
+get_result and get_task (one GET, as before) and Cluster read the state keys only for
+tasks without a terminal document, as a second command. Chicory's writes
+announce nothing on ``P:done``: waiters see them at their re-check. The history
+(list_tasks, task_summary) lists only tasks in ``P:history``: a task Chicory alone wrote is
+not there until a write of ours reaches it. Heartbeats: get_heartbeat, get_active_workers
+(and cleanup_stale_clients) also see Chicory's, a worker alive while its key exists.
+
+With ``write_chicory_format`` every write also serves Chicory's own client: the document
+is Chicory-shaped (our fields plus "task_id", the value as plain JSON; see
+chicory_format.chicory_shaped_document), and heartbeats are written to Chicory's key and
+set too. ``P:state:<id>`` is not written: nothing in Chicory 0.1.0 reads it (only its
+delete_result deletes it, as ours does).
 """
 
 from __future__ import annotations
@@ -51,27 +75,36 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Hashable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from redis.asyncio import RedisCluster
 from redis.commands.core import AsyncScript
 
 from chicory_backends import coalesce
 from chicory_backends.base import Backend, check_heartbeat_ttl
+from chicory_backends.chicory_format import (
+    check_chicory_fields,
+    chicory_record,
+    chicory_result,
+    chicory_shaped_document,
+    is_chicory_shaped,
+)
 from chicory_backends.coalesce import Coalescer
 from chicory_backends.codec import (
     UNKNOWN_TIME,
     check_task_id,
-    decode_document,
-    decode_document_record,
+    decode_state,
     decode_stats,
+    document_record,
+    document_result,
     encode_document,
     encode_state_document,
     encode_stats,
+    load_document,
 )
 from chicory_backends.config import RedisBackendConfig
 from chicory_backends.errors import (
@@ -135,7 +168,17 @@ _REPLACED_BY_RESULT = ("result", "error", "traceback")
 # codec.encode_document); ARGV[3] TTL in seconds, "0" = keep forever; ARGV[4] the channel
 # to PUBLISH the task id ARGV[5] on when the written state is terminal; ARGV[6] "r" for
 # store_result (replaces result, error, traceback) or "s" for set_state (keeps them);
-# ARGV[7] the index score (created_at in integer microseconds); ARGV[8] history_size.
+# ARGV[7] the index score (created_at in integer microseconds); ARGV[8] history_size;
+# ARGV[9] "c" to write the merged document Chicory-shaped (write_chicory_format).
+#
+# Chicory-shaped documents ("task_id" present: Chicory's own, or ours written for it,
+# chicory_format.is_chicory_shaped) keep the value as plain JSON, which cjson must never
+# re-encode (it keeps 14 significant digits and turns [] into {}). ``load`` cuts its text
+# out instead, between the first ',"result":' and the last ',"error":' (both shapes put
+# "result", "error", "traceback" last; a string's quotes are escaped, so neither can
+# match inside one), and the merge carries it as our JSON text. So a write of ours over
+# Chicory's document merges with it like with ours (its state is guarded, its result kept
+# by set_state, replaced by store_result), and comes out ours unless ARGV[9] says "c".
 #
 # The guard: a terminal write always lands and a non-terminal one only over a
 # non-terminal document, and never a write of an older attempt (missing = 0); a refused
@@ -156,13 +199,34 @@ local replaced, by_result = {_lua_list(_REPLACED)}, {_lua_list(_REPLACED_BY_RESU
 local state, doc, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local null = cjson.null
 local function present(value) return value ~= nil and value ~= null end
-local new = cjson.decode(doc)
+local function load(text)
+  local ok, fields = pcall(cjson.decode, text)
+  if not ok or type(fields) ~= 'table' then return nil end
+  if fields.task_id ~= nil then
+    fields.task_id, fields.result = nil, nil
+    local from = string.find(text, ',"result":', 1, true)
+    local to = from and string.find(text, ',"error":', from, true)
+    local later = to
+    while later do
+      to, later = later, string.find(text, ',"error":', later + 1, true)
+    end
+    local raw = to and string.sub(text, from + 10, to - 1)
+    if raw and raw ~= 'null' then fields.result = raw end
+  end
+  return fields
+end
+local function chicory_shaped(fields)
+  local value, err, tb = fields.result, fields.error, fields.traceback
+  fields.result, fields.error, fields.traceback, fields.task_id = nil, nil, nil, ARGV[5]
+  local head = cjson.encode(fields)
+  return string.sub(head, 1, -2) .. ',"result":' .. (present(value) and value or 'null')
+    .. ',"error":' .. cjson.encode(present(err) and err or null)
+    .. ',"traceback":' .. cjson.encode(present(tb) and tb or null) .. '}}'
+end
+local new = load(doc)
 local current = nil
 local old = redis.call('GET', KEYS[1])
-if old then
-  local ok, decoded = pcall(cjson.decode, old)
-  if ok and type(decoded) == 'table' then current = decoded end
-end
+if old then current = load(old) end
 local written, created = true, true
 if current then
   created = not present(current.created_at)
@@ -180,7 +244,7 @@ if current then
     if ARGV[6] == 'r' then
       for _, name in ipairs(by_result) do current[name] = new[name] end
     end
-    doc = cjson.encode(current)
+    doc = ARGV[9] == 'c' and chicory_shaped(current) or cjson.encode(current)
   end
 end
 if written and created and KEYS[2] then
@@ -257,6 +321,68 @@ def _matches(record: TaskRecord, query: HistoryQuery) -> bool:
     )
 
 
+def _text(member: bytes | str) -> str:
+    return member.decode() if isinstance(member, bytes) else str(member)
+
+
+def _decode_result(task_id: str, raw: bytes) -> TaskResult:
+    """A stored document of either shape (chicory_format.is_chicory_shaped), the value
+    exactly as stored; raises CorruptResultError."""
+    doc = load_document(task_id, raw)
+    if is_chicory_shaped(doc):
+        return chicory_result(task_id, check_chicory_fields(task_id, doc))
+    return document_result(task_id, doc)
+
+
+def _decode_record(task_id: str, raw: bytes, *, whole: bool = True) -> TaskRecord:
+    """``_decode_result`` as a TaskRecord (a Chicory document's times at UNKNOWN_TIME)."""
+    doc = load_document(task_id, raw)
+    if is_chicory_shaped(doc):
+        return chicory_record(task_id, doc, whole=whole)
+    return document_record(task_id, doc, whole=whole)
+
+
+def _bare_result(task_id: str, state: TaskState) -> TaskResult:
+    return TaskResult(task_id=task_id, state=state)
+
+
+def _bare_record(task_id: str, state: TaskState) -> TaskRecord:
+    return TaskRecord(
+        task_id=task_id, state=state, created_at=UNKNOWN_TIME, updated_at=UNKNOWN_TIME
+    )
+
+
+_Doc = TypeVar("_Doc", TaskResult, TaskRecord)
+
+
+def _settle(
+    task_id: str,
+    found: _Doc | None,
+    chicory_state: bytes | None,
+    bare: Callable[[str, TaskState], _Doc],
+) -> _Doc | None:
+    """A task as read from its document and Chicory's ``P:state:<id>`` beside it: the
+    document, unless there is none or it is not terminal while Chicory's state is; then
+    Chicory's state alone (``bare``), keeping the history of a document of ours.
+    Raises CorruptResultError for a state Chicory does not have."""
+    if chicory_state is None or (found is not None and found.state.is_terminal):
+        return found
+    state = decode_state(task_id, _text(chicory_state))
+    if found is None:
+        return bare(task_id, state)
+    if not state.is_terminal:
+        return found
+    cleared = {"state": state, "result": None, "error": None, "traceback": None}
+    return found.model_copy(update=cleared)
+
+
+async def _mget(client: Client, keys: list[str]) -> list[Any]:
+    """MGET, split by slot on Cluster (one pipeline), in the order of ``keys``."""
+    if isinstance(client, RedisCluster):
+        return list(await client.mget_nonatomic(keys))
+    return list(await client.mget(keys))
+
+
 @dataclass(frozen=True, slots=True)
 class _Write:
     """One write as the coalescer carries it: the store script's keys and arguments, and
@@ -291,6 +417,17 @@ class RedisBackend(Backend):
         self._channel = f"{prefix}:done"
         self._history_key = f"{prefix}:history"
         self._history_size = self.config.history_size
+        # Chicory 0.1.0's own keys (with prefix "chicory", which it always uses).
+        self._state_prefix = f"{prefix}:state:"
+        self._chicory_heartbeat_prefix = f"{prefix}:heartbeat:"
+        self._chicory_workers = f"{prefix}:workers"
+        self._chicory_format = self.config.write_chicory_format
+        if self._chicory_format and prefix != "chicory":
+            logger.warning(
+                "write_chicory_format is on with key_prefix=%r: Chicory 0.1.0's own clients "
+                "read only the prefix 'chicory', so they will not see these writes",
+                prefix,
+            )
         # WAIT needs the writes and itself on one connection: a pipeline, which Cluster
         # cannot give to scripts (see _store_batch).
         self._wait_replicas = self.config.wait_replicas
@@ -403,6 +540,7 @@ class RedisBackend(Backend):
             kind,
             score,
             self._history_size,
+            "c" if self._chicory_format else "",
         ]
         keys, index = [key], None
         if self._history_size:
@@ -542,6 +680,8 @@ class RedisBackend(Backend):
         now = datetime.now(UTC)
         history = self._history_fields(task_id, state, details, now)
         doc = encode_state_document(task_id, state, history)
+        if self._chicory_format:
+            doc = chicory_shaped_document(task_id, doc)
         await self._write_calls.submit(
             None, task_id, self._write(key, task_id, state, "s", doc, now), len(doc)
         )
@@ -559,6 +699,8 @@ class RedisBackend(Backend):
         now = datetime.now(UTC)
         history = self._history_fields(task_id, state, details, now)
         doc = encode_document(task_id, result, self.config.max_result_bytes, history)
+        if self._chicory_format:
+            doc = chicory_shaped_document(task_id, doc)
         await self._write_calls.submit(
             None, task_id, self._write(key, task_id, state, "r", doc, now), len(doc)
         )
@@ -578,47 +720,88 @@ class RedisBackend(Backend):
         return await self._read_calls.submit(None, task_id, task_id)
 
     async def _read_one(self, _group: Hashable, task_id: str) -> TaskResult | None:
-        async with self._io() as client:  # the id was checked by get_result
-            raw = await client.get(self._result_prefix + task_id)
-        return None if raw is None else decode_document(task_id, raw)
+        # the id was checked by get_result
+        (found,) = await self._documents([task_id], _decode_result, _bare_result)
+        return found
 
     async def _read_batch(self, _group: Hashable, task_ids: list[str]) -> list[TaskResult | None]:
         found = await self._read_many(task_ids)
         return [found.get(task_id) for task_id in task_ids]
 
     async def get_results(self, task_ids: Iterable[str]) -> dict[str, TaskResult]:
-        """One MGET (one per slot on Cluster); unknown or expired ids are absent."""
+        """One MGET of every task's document and Chicory's state key (on Cluster: of the
+        documents per slot, then of the state keys of the tasks without a terminal
+        document); unknown or expired ids are absent."""
         return await self._read_many(task_ids)
 
     async def _read_many(self, task_ids: Iterable[str]) -> dict[str, TaskResult]:
         ids = list(dict.fromkeys(task_ids))
-        keys = [self._result_key(task_id) for task_id in ids]
-        if not keys:
+        for task_id in ids:
+            check_task_id(task_id)
+        if not ids:
             return {}
+        found = await self._documents(ids, _decode_result, _bare_result)
+        return {task_id: item for task_id, item in zip(ids, found, strict=True) if item is not None}
+
+    async def _documents(
+        self,
+        task_ids: list[str],
+        decode: Callable[[str, bytes], _Doc],
+        bare: Callable[[str, TaskState], _Doc],
+    ) -> list[_Doc | None]:
+        """Each task as stored (``decode`` of its document), settled with Chicory's state
+        key beside it (``_settle``); None when neither exists. Several tasks on a single
+        node or Sentinel: one MGET of both keys of every task. One task (get_result,
+        get_task: the GET it always was, so a finished task costs what it did) and
+        Cluster (one MGET per slot): the documents first, then, only when some task has
+        no terminal document, the state keys of those. Raises CorruptResultError for a
+        document or state that does not decode."""
+        count = len(task_ids)
+        keys: list[str] = [self._result_prefix + task_id for task_id in task_ids]
+        state_keys: list[str] = [self._state_prefix + task_id for task_id in task_ids]
+        raws: list[Any]
         async with self._io() as client:
-            if isinstance(client, RedisCluster):
-                raws = await client.mget_nonatomic(keys)
+            if count == 1:
+                raws = [await client.get(keys[0])]
+            elif isinstance(client, RedisCluster):
+                raws = await _mget(client, keys)
             else:
-                raws = await client.mget(keys)
-        return {
-            task_id: decode_document(task_id, raw)
-            for task_id, raw in zip(ids, raws, strict=True)
-            if raw is not None
-        }
+                raws = await _mget(client, [*keys, *state_keys])
+        found = [
+            None if raw is None else decode(task_id, raw)
+            for task_id, raw in zip(task_ids, raws[:count], strict=True)
+        ]
+        states: list[bytes | None] = raws[count:]
+        if not states:  # one task, or Cluster: the state keys only where they can matter
+            states = [None] * count
+            wanted = [
+                i for i, item in enumerate(found) if item is None or not item.state.is_terminal
+            ]
+            if wanted:
+                async with self._io() as client:
+                    got = await _mget(client, [state_keys[i] for i in wanted])
+                for i, raw in zip(wanted, got, strict=True):
+                    states[i] = raw
+        return [
+            _settle(task_id, item, state, bare)
+            for task_id, item, state in zip(task_ids, found, states, strict=True)
+        ]
 
     async def delete_result(self, task_id: str) -> None:
+        """Deletes the document and Chicory's state key beside it."""
         key = self._result_key(task_id)
         async with self._io() as client:
-            await client.delete(key)
+            await client.delete(key, self._state_prefix + task_id)
 
     # -- history ----------------------------------------------------------------------
 
     async def get_task(self, task_id: str) -> TaskRecord | None:
-        """One GET: the whole document, result and arguments decoded."""
-        key = self._result_key(task_id)
-        async with self._io() as client:
-            raw = await client.get(key)
-        return None if raw is None else decode_document_record(task_id, raw)
+        """The whole document, result and arguments decoded, read as ``get_result`` reads
+        it: one GET, and Chicory's state key only when that finds no terminal document
+        (``_documents``)."""
+        self._result_key(task_id)  # an invalid id fails before any I/O
+        (found,) = await self._documents([task_id], _decode_record, _bare_record)
+        return found
 
     async def query_tasks(self, query: HistoryQuery) -> TaskPage:
         """The history index newest first, in chunks (ZREVRANGEBYSCORE .. LIMIT, then one
@@ -704,12 +887,9 @@ class RedisBackend(Backend):
             return []
         keys = [self._result_prefix + task_id for task_id, _score in entries]
         async with self._io() as client:
-            if isinstance(client, RedisCluster):
-                raws = await client.mget_nonatomic(keys)
-            else:
-                raws = await client.mget(keys)
+            raws = await _mget(client, keys)
         return [
-            (decode_document_record(task_id, raw, whole=whole), score)
+            (_decode_record(task_id, raw, whole=whole), score)
             for (task_id, score), raw in zip(entries, raws, strict=True)
             if raw is not None
         ]
@@ -782,37 +962,70 @@ class RedisBackend(Backend):
         return f"{self._workers_tag}:hb:{check_task_id(worker_id)}"
 
     async def store_heartbeat(self, worker_id: str, stats: WorkerStats, ttl: int = 30) -> None:
-        """The heartbeat expires by itself; the index entry records when, for the listing."""
+        """The heartbeat expires by itself; the index entry records when, for the listing.
+        With write_chicory_format, first Chicory's heartbeat key (another slot on Cluster:
+        a command of its own), then its worker set in our transaction (the set ``P:workers``
+        hashes to the slot of ``{P:workers}``)."""
         check_heartbeat_ttl(ttl)
         key = self._heartbeat_key(worker_id)
         payload = encode_stats(stats)
         async with self._io() as client:
+            if self._chicory_format:
+                await client.set(self._chicory_heartbeat_prefix + worker_id, payload, ex=ttl)
             pipe = client.pipeline(transaction=True)
             pipe.set(key, payload, ex=ttl)
             pipe.zadd(self._index_key, {worker_id: time.time() + ttl})
+            if self._chicory_format:
+                pipe.sadd(self._chicory_workers, worker_id)
             await pipe.execute()
 
     async def get_heartbeat(self, worker_id: str) -> WorkerStats | None:
+        """Ours, else Chicory's (one MGET; per slot on Cluster)."""
+        keys = [self._heartbeat_key(worker_id), self._chicory_heartbeat_prefix + worker_id]
         async with self._io() as client:
-            raw = await client.get(self._heartbeat_key(worker_id))
+            ours, chicorys = await _mget(client, keys)
+        raw = ours if ours is not None else chicorys
         return None if raw is None else decode_stats(worker_id, raw)
 
     async def get_active_workers(self) -> list[WorkerStats]:
-        """One ZRANGEBYSCORE for unexpired entries, one MGET for their heartbeats."""
+        """One pipeline for the unexpired index entries and Chicory's worker set (one
+        slot), one MGET for their heartbeats: ours, then those of Chicory's workers that
+        are not ours and whose key still exists."""
         async with self._io() as client:
-            members = await client.zrangebyscore(self._index_key, f"({time.time()!r}", "+inf")
-            if not members:
+            pipe = client.pipeline(transaction=False)
+            pipe.zrangebyscore(self._index_key, f"({time.time()!r}", "+inf")
+            pipe.smembers(self._chicory_workers)
+            members, chicory_members = await pipe.execute()
+            ids = [_text(m) for m in members]
+            chicory_ids = sorted({_text(m) for m in chicory_members}.difference(ids))
+            if not ids and not chicory_ids:
                 return []
-            ids = [m.decode() if isinstance(m, bytes) else str(m) for m in members]
-            raws = await client.mget([self._heartbeat_key(w) for w in ids])
+            keys = [self._heartbeat_key(w) for w in ids]
+            keys += [self._chicory_heartbeat_prefix + w for w in chicory_ids]
+            raws = await _mget(client, keys)
         # A heartbeat that expired after the range read is simply left out.
-        return [decode_stats(w, raw) for w, raw in zip(ids, raws, strict=True) if raw is not None]
+        workers = [*ids, *chicory_ids]
+        return [
+            decode_stats(w, raw) for w, raw in zip(workers, raws, strict=True) if raw is not None
+        ]
 
     async def cleanup_stale_clients(self, stale_seconds: float = 60.0) -> int:
-        """Drop index entries whose heartbeat expired over ``stale_seconds`` ago."""
+        """Drop index entries whose heartbeat expired over ``stale_seconds`` ago, and (as
+        Chicory's own cleanup does, whatever ``stale_seconds``) the members of Chicory's
+        worker set whose heartbeat key is gone. Returns how many were dropped."""
         cutoff = time.time() - stale_seconds
         async with self._io() as client:
-            removed = await client.zremrangebyscore(self._index_key, "-inf", f"({cutoff!r}")
+            pipe = client.pipeline(transaction=False)
+            pipe.zremrangebyscore(self._index_key, "-inf", f"({cutoff!r}")
+            pipe.smembers(self._chicory_workers)
+            removed, members = await pipe.execute()
+            chicory_ids = [_text(m) for m in members]
+            if chicory_ids:
+                keys = [self._chicory_heartbeat_prefix + w for w in chicory_ids]
+                raws = await _mget(client, keys)
+                gone = [w for w, raw in zip(chicory_ids, raws, strict=True) if raw is None]
+                if gone:
+                    removed += await client.srem(self._chicory_workers, *gone)
         return int(removed)
 
     async def healthcheck(self) -> BackendStatus:

@@ -146,7 +146,7 @@ class Connector:
             }
             if self.mode == "redis-sentinel":
                 timeouts = {k: v for k, v in common.items() if k.startswith("socket_")}
-                self.sentinel = Sentinel(  # type: ignore[no-untyped-call]
+                self.sentinel = Sentinel(  # type: ignore[no-untyped-call,unused-ignore]
                     _sentinel_nodes(cfg.sentinels), sentinel_kwargs=timeouts, **common
                 )
                 master: Redis = self.sentinel.master_for(

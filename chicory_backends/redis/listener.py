@@ -121,7 +121,7 @@ async def subscribe(
 async def _dispose(pubsub: PubSub | None, client: Redis | None) -> None:
     try:
         if pubsub is not None:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]
         if client is not None:
             await client.aclose()
     except (RedisError, OSError):
