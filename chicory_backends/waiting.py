@@ -35,6 +35,10 @@ _log = logging.getLogger(__name__)
 
 PING_INTERVAL = 15.0
 RECHECK_INTERVAL = 30.0
+# While Chicory 0.1.0's own workers may still store results (``write_chicory_format``: a
+# switch from its backend), nothing wakes our waiters for those: they re-read this often,
+# as Chicory's own client polls (every 100 ms), at a fifth of its rate.
+SWITCH_RECHECK_INTERVAL = 0.5
 CONNECT_PAUSES = (0.05, 0.2)  # between the tries of one connection attempt
 
 

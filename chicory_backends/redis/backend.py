@@ -136,6 +136,7 @@ from chicory_backends.types import (
 )
 from chicory_backends.waiting import (
     RECHECK_INTERVAL,
+    SWITCH_RECHECK_INTERVAL,
     Listener,
     OnLost,
     OnMessage,
@@ -407,6 +408,8 @@ class RedisBackend(Backend):
 
     def __init__(self, config: RedisBackendConfig | None = None) -> None:
         self.config = config if config is not None else RedisBackendConfig()
+        if self.config.write_chicory_format:  # Chicory's own workers store without PUBLISH
+            self.recheck_interval = SWITCH_RECHECK_INTERVAL
         self._connector = Connector(self.config)
         self.mode = self._connector.mode
         self._address = self._connector.address

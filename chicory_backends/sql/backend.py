@@ -69,7 +69,13 @@ from chicory_backends.types import (
     WorkerStats,
     WriteKind,
 )
-from chicory_backends.waiting import RECHECK_INTERVAL, Listener, wait_for, woken_reads
+from chicory_backends.waiting import (
+    RECHECK_INTERVAL,
+    SWITCH_RECHECK_INTERVAL,
+    Listener,
+    wait_for,
+    woken_reads,
+)
 
 # A write as the coalescer carries it: its kind, its single-row statement and its
 # parameters.
@@ -99,6 +105,8 @@ class DatabaseBackend(Backend):
         self._driver: Driver = driver_for(config)
         self._executor: Executor | None = None  # made at connect (execution.py)
         self._chicory_document_limit: int | None = None
+        if config.write_chicory_format:  # Chicory's own workers store without a wake-up
+            self.recheck_interval = SWITCH_RECHECK_INTERVAL
         self._connecting = asyncio.Lock()
         self._write_calls: Coalescer[Write, None] = coalesce.writes(
             self._write_one, self._write_batch, _row_may_be_at_fault
