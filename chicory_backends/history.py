@@ -12,10 +12,9 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from chicory_backends.codec import check_label
@@ -214,16 +213,3 @@ def _percentile(ordered: Sequence[float], percent: int) -> float | None:
 
 def _name_order(name: str | None) -> tuple[bool, str]:
     return (name is None, name or "")
-
-
-def parse_age(text: str) -> timedelta:
-    """``90s``, ``15m``, ``1h``, ``7d`` (the CLI's --since): ValueError for anything else."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-    found = _AGE.fullmatch(text.strip().lower())
-    if found is None:
-        raise ValueError(f"{text!r} is not an age like 90s, 15m, 1h or 7d")
-    # OverflowError for an age past timedelta's range (the CLI names it).
-    return timedelta(seconds=float(found[1]) * units[found[2]])
-
-
-_AGE = re.compile(r"([0-9]+(?:\.[0-9]+)?)([smhdw])", re.ASCII)

@@ -399,8 +399,8 @@ CLI_COMMANDS = [
 
 
 def _cli_main() -> Any:
-    if not (PACKAGE / "cli.py").exists():
-        pytest.skip("chicory_backends/cli.py does not exist yet")
+    if not (PACKAGE / "cli" / "__init__.py").exists():
+        pytest.skip("chicory_backends/cli/ does not exist yet")
     try:
         from chicory_backends.cli import main
     except Exception as error:

@@ -133,6 +133,14 @@ async def test_unknown_task_is_404_and_bad_filters_are_400(seeded: tuple[Backend
             response = await client.get("/tasks", params=params)
             assert response.status_code == 400, params
         assert (await client.get("/", params={"window": "3y"})).status_code == 400
+        # Ages past what a date can hold: a 400 saying so, in the CLI's words (timetext.py).
+        for since, says in (
+            ("99999999999d", "since: '99999999999d' is too long ago"),
+            ("9999999d", "since: 9999999d ago is before year 1"),
+        ):
+            response = await client.get("/tasks", params={"since": since})
+            assert response.status_code == 400, since
+            assert says in unescape(response.text)
 
 
 async def test_filters_and_keyset_pages(seeded: tuple[Backend, Any]) -> None:

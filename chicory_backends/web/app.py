@@ -14,7 +14,6 @@ that allows nothing else.
 from __future__ import annotations
 
 import json
-import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -36,7 +35,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from chicory_backends.base import Backend
 from chicory_backends.errors import ChicoryBackendError
-from chicory_backends.history import MAX_PAGE_SIZE, check_state, parse_age
+from chicory_backends.history import MAX_PAGE_SIZE, check_state
+from chicory_backends.redact import redact
+from chicory_backends.timetext import format_duration, parse_age, parse_when
 from chicory_backends.types import (
     TERMINAL_STATES,
     TaskRecord,
@@ -82,18 +83,8 @@ def format_when(value: datetime | None) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"
 
 
-def format_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return NONE
-    if seconds < 1:
-        return f"{seconds * 1000:.1f} ms"
-    if seconds < 60:
-        return f"{seconds:.2f} s"
-    minutes, rest = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{int(minutes)} min {rest:.0f} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{int(hours)} h {int(minutes)} min"
+def duration_or_none(seconds: float | None) -> str:
+    return NONE if seconds is None else format_duration(seconds)
 
 
 def format_ago(value: datetime | None, now: datetime | None = None) -> str:
@@ -107,35 +98,13 @@ def format_json(value: Any) -> str:
     return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True, default=str)
 
 
-_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):[^@/\s]+@")
-_PASSWORD_WORDS = re.compile(r"(?i)\b(password|passwd|pwd|secret|token)=([^\s&;,]+)")
-
-
-def redact(text: str | None) -> str | None:
-    """Status errors of workers' brokers and backends may name a URL: no password shown."""
-    if text is None:
-        return None
-    text = _CREDENTIALS.sub(r"\g<scheme>\g<user>:***@", text)
-    return _PASSWORD_WORDS.sub(r"\1=***", text)
-
-
-def parse_when(text: str, now: datetime, label: str) -> datetime | None:
-    """``15m`` (that long ago) or an ISO time (naive means UTC); empty means no bound."""
-    text = text.strip()
-    if not text:
-        return None
+def window_bound(text: str, now: datetime, label: str) -> datetime | None:
+    """``15m`` (that long ago) or an ISO time (naive means UTC); empty means no bound.
+    The CLI's --since/--until parser (timetext.py): the same words, the same errors."""
     try:
-        return now - parse_age(text)
-    except ValueError:
-        pass
-    try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        raise BadRequest(
-            f"{label} {text!r} is neither an age like 15m, 1h, 7d nor a time like "
-            "2026-12-01T10:00 (UTC)"
-        ) from None
-    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+        return parse_when(text, now)
+    except ValueError as error:
+        raise BadRequest(f"{label}: {error}") from None
 
 
 # -- the application --------------------------------------------------------------------
@@ -304,8 +273,8 @@ class Dashboard:
             "state": check_state(filters["state"] or None),
             "name": filters["name"] or None,
             "worker_id": filters["worker"] or None,
-            "since": parse_when(filters["since"], now, "since"),
-            "until": parse_when(filters["until"], now, "until"),
+            "since": window_bound(filters["since"], now, "since"),
+            "until": window_bound(filters["until"], now, "until"),
             "limit": limit,
             "cursor": cursor,
         }
@@ -440,7 +409,7 @@ def _templates() -> jinja2.Environment:
         lstrip_blocks=True,
     )
     env.filters["when"] = format_when
-    env.filters["duration"] = format_duration
+    env.filters["duration"] = duration_or_none
     env.filters["ago"] = format_ago
     env.filters["pretty_json"] = format_json
     env.filters["q"] = lambda text: quote(str(text), safe="")
