@@ -390,6 +390,14 @@ def query_hosts(url: URL) -> list[str]:
 
 
 class PostgresBackendConfig(_MultiHostSQLConfig):
+    """PostgreSQL through asyncpg (the ``[postgres]`` extra): ``CHICORY_BACKEND_POSTGRES_*``.
+
+    Several servers (``hosts``, or ``?host=`` in the URL) are tried in order for a
+    read-write session, unless ``target_session_attrs`` asks otherwise. ``pgbouncer=True``
+    for a transaction-pooling PgBouncer in front: no server-side prepared statements,
+    and ``wait_for_result`` polls, since PgBouncer cannot carry LISTEN.
+    """
+
     model_config = SettingsConfigDict(env_prefix="CHICORY_BACKEND_POSTGRES_")
     chicory_rules = {
         **_ServerSQLConfig.chicory_rules,
@@ -449,6 +457,13 @@ class MySQLBackendConfig(_MultiHostSQLConfig):
 
 
 class MSSQLBackendConfig(_ServerSQLConfig):
+    """SQL Server through aioodbc (the ``[mssql]`` extra): ``CHICORY_BACKEND_MSSQL_*``.
+
+    ``driver`` names the ODBC driver registered with unixODBC; ``create_backend`` checks
+    that it is there (factory.require_driver), unless the URL gives a driver file or a
+    whole ``odbc_connect`` string.
+    """
+
     model_config = SettingsConfigDict(env_prefix="CHICORY_BACKEND_MSSQL_")
     chicory_rules = {
         **_ServerSQLConfig.chicory_rules,
@@ -471,6 +486,13 @@ class MSSQLBackendConfig(_ServerSQLConfig):
 
 
 class SQLiteBackendConfig(SQLBackendConfig):
+    """SQLite through aiosqlite (the ``[sqlite]`` extra): ``CHICORY_BACKEND_SQLITE_*``.
+
+    The database is ``file_path`` (default ``chicory_results.db``) unless ``url`` names
+    one; a file database runs in WAL mode, and a writer waits up to ``busy_timeout_ms``
+    for another process's write lock instead of failing.
+    """
+
     model_config = SettingsConfigDict(env_prefix="CHICORY_BACKEND_SQLITE_")
     chicory_rules = {**SQLBackendConfig.chicory_rules, "url": _sqlite_url}
     driver_name = "sqlite+aiosqlite"
@@ -485,6 +507,15 @@ class SQLiteBackendConfig(SQLBackendConfig):
 
 
 class RedisBackendConfig(_Settings):
+    """Redis through redis-py (the ``[redis]`` extra): ``CHICORY_BACKEND_REDIS_*``.
+
+    One server (``host``/``port`` or ``url``), a Sentinel-managed master
+    (``sentinels``, ``sentinel_service``) or a Cluster (``cluster=True``); combinations
+    that exclude each other raise ConfigurationError when the backend is made. Keys
+    start with ``key_prefix``; results expire ``result_ttl`` seconds after their last
+    write (0: never).
+    """
+
     model_config = SettingsConfigDict(env_prefix="CHICORY_BACKEND_REDIS_")
     host: str = "localhost"
     port: int = 6379

@@ -37,7 +37,11 @@ _URL_SCHEMES: dict[str, BackendType] = {
 
 
 def resolve_kind(kind: BackendType | str | None = None) -> BackendType:
-    """The argument, else CHICORY_BACKEND_TYPE (environment, then .env), else SQLite."""
+    """The argument, else CHICORY_BACKEND_TYPE (environment, then .env), else SQLite.
+
+    Raises:
+        ConfigurationError: the kind is not a BackendType (the message lists them).
+    """
     value = kind if kind is not None else _selected_type() or DEFAULT_KIND
     try:
         return BackendType(str(value).strip().lower())
@@ -56,7 +60,12 @@ def _selected_type() -> str | None:
 
 
 def config_for(kind: BackendType | str | None = None) -> AnyBackendConfig:
-    """The configuration of a kind, read from its CHICORY_BACKEND_<KIND>_* variables."""
+    """The configuration of a kind, read from its CHICORY_BACKEND_<KIND>_* variables.
+
+    Raises:
+        ConfigurationError: the kind is unknown, or a variable's value is refused (the
+            message names each variable and its problem).
+    """
     resolved = resolve_kind(kind)
     config_class = RedisBackendConfig if resolved is BackendType.REDIS else SQL_CONFIGS[resolved]
     try:
@@ -66,7 +75,11 @@ def config_for(kind: BackendType | str | None = None) -> AnyBackendConfig:
 
 
 def kind_from_url(url: str) -> BackendType:
-    """The backend kind a URL's scheme names (``postgresql+asyncpg://`` -> postgres)."""
+    """The backend kind a URL's scheme names (``postgresql+asyncpg://`` -> postgres).
+
+    Raises:
+        ConfigurationError: the scheme is none of ours (the message lists them).
+    """
     scheme = url.split(":", 1)[0].split("+", 1)[0].lower()
     kind = _URL_SCHEMES.get(scheme)
     if kind is None:
@@ -76,6 +89,11 @@ def kind_from_url(url: str) -> BackendType:
 
 
 def sql_config_from_url(url: str) -> SQLBackendConfig:
+    """The SQL configuration of the kind ``url`` names, with ``url`` as its URL.
+
+    Raises:
+        ConfigurationError: the scheme is unknown, or names Redis.
+    """
     kind = kind_from_url(url)
     if kind is BackendType.REDIS:
         raise ConfigurationError("not a SQL database URL (a redis one)")
@@ -85,7 +103,19 @@ def sql_config_from_url(url: str) -> SQLBackendConfig:
 def create_backend(
     kind: BackendType | str | None = None, config: AnyBackendConfig | None = None
 ) -> Backend:
-    """A backend object, not yet connected; its driver is imported now (require_driver)."""
+    """A backend object, not yet connected; its driver is imported now (require_driver).
+
+    ``kind`` as ``resolve_kind`` reads it; ``config`` defaults to the kind's
+    ``CHICORY_BACKEND_<KIND>_*`` variables. A missing driver or a bad setting shows up
+    here, as one clear line, rather than at the first ``connect()``.
+
+    Raises:
+        ConfigurationError: an unknown kind, a config of another kind's class, a refused
+            variable, an invalid URL or one naming a driver SQLAlchemy does not have,
+            Redis settings that exclude each other.
+        DriverNotInstalledError: the kind's driver (or, for SQL Server, the ODBC
+            library or driver) cannot be loaded; names what to install.
+    """
     resolved = resolve_kind(kind)
     if config is None:
         config = config_for(resolved)
@@ -126,11 +156,16 @@ ODBC_SYSTEM_PACKAGES = (
 
 
 def require_driver(config: AnyBackendConfig) -> None:
-    """Import the driver of ``config`` now, or raise DriverNotInstalledError naming what to
-    install (the extra, or for SQL Server the system ODBC libraries).
+    """Import the driver of ``config`` now, so that a missing one shows before any I/O.
 
     A SQL driver is the module the URL's SQLAlchemy dialect imports, so a URL naming
     another driver (``postgresql+psycopg://``) is checked for that driver instead.
+
+    Raises:
+        DriverNotInstalledError: the driver cannot be imported, or (SQL Server) unixODBC
+            has no driver of the configured name; names what to install (the extra, or
+            for SQL Server the system ODBC libraries).
+        ConfigurationError: SQLAlchemy has no dialect for the URL's driver name.
     """
     kind = _kind_of(config)
     try:
@@ -152,8 +187,11 @@ def require_driver(config: AnyBackendConfig) -> None:
 
 
 def _require_odbc_driver(url: URL) -> None:
-    """The URL's ODBC driver must be registered with unixODBC: otherwise connect() fails
-    with "Can't open lib", which reads like an unreachable server."""
+    """Check that the URL's ODBC driver is registered with unixODBC.
+
+    Otherwise connect() fails with "Can't open lib", which reads like an unreachable
+    server.
+    """
     name = url.query.get("driver")
     if not isinstance(name, str) or "/" in name or "odbc_connect" in url.query:
         return  # a driver given by its file, or a whole connection string: nothing to look up

@@ -2,8 +2,7 @@
 
 It waits through the contract (``Backend.wait_for_result``) and never through a driver,
 so each backend brings its own way of being woken: LISTEN/NOTIFY on PostgreSQL,
-pub/sub on Redis,
-polling with back-off elsewhere.
+pub/sub on Redis, polling with back-off elsewhere.
 """
 
 from __future__ import annotations
@@ -24,7 +23,9 @@ class AsyncResult:
 
     ``backend=None`` is allowed (an app with no result backend) so that the handle can
     still be passed around; every method that needs storage then raises
-    BackendNotConfiguredError.
+    BackendNotConfiguredError. Every method reads through ``backend`` and so may raise
+    what its calls raise (Backend: NotConnectedError, BackendUnreachableError,
+    CorruptResultError, ...).
     """
 
     def __init__(self, task_id: str, backend: Backend | None) -> None:
@@ -37,8 +38,15 @@ class AsyncResult:
     async def get(self, timeout: float | None = None) -> Any:  # noqa: ASYNC109 (Chicory's API)
         """Wait for the task to finish and return its value.
 
-        Raises TaskFailedError (with the stored error text and traceback) when it ended
-        in FAILURE or DEAD_LETTERED, and TimeoutError when ``timeout`` seconds pass first.
+        ``timeout=None`` waits as long as it takes. Waits through
+        ``Backend.wait_for_result``.
+
+        Raises:
+            TaskFailedError: the task ended in FAILURE or DEAD_LETTERED; carries the
+                stored error text and traceback.
+            TimeoutError: ``timeout`` seconds passed first.
+            ValueError: ``timeout`` is negative.
+            BackendNotConfiguredError: the handle has no backend.
         """
         if timeout is not None and timeout < 0:
             raise ValueError("timeout must not be negative")
@@ -51,29 +59,58 @@ class AsyncResult:
         return _outcome(result)
 
     async def state(self) -> TaskState:
-        """The current state; PENDING for a task the backend knows nothing about (yet)."""
+        """The current state; PENDING for a task the backend knows nothing about (yet).
+
+        Raises:
+            BackendNotConfiguredError: the handle has no backend.
+        """
         result = await self._backend().get_result(self.task_id)
         return TaskState.PENDING if result is None else result.state
 
     async def exists(self) -> bool:
-        """Whether the backend knows the task at all: True from its first write on (with
-        ``track(app)``, the PENDING that ``delay()`` writes), False for an id nobody
-        dispatched (or whose result expired or was forgotten). ``state()`` cannot tell
-        these apart: it says PENDING for both."""
+        """Whether the backend knows the task at all.
+
+        True from its first write on (with ``track(app)``, the PENDING that ``delay()``
+        writes), False for an id nobody dispatched (or whose result expired or was
+        forgotten). ``state()`` cannot tell these apart: it says PENDING for both.
+
+        Raises:
+            BackendNotConfiguredError: the handle has no backend.
+        """
         return await self._backend().get_result(self.task_id) is not None
 
     async def ready(self) -> bool:
-        """True once the task is finished, whichever way."""
+        """True once the task is finished, whichever way (a terminal state).
+
+        Raises:
+            BackendNotConfiguredError: the handle has no backend.
+        """
         return (await self.state()).is_terminal
 
     async def successful(self) -> bool:
+        """True once the task finished in SUCCESS.
+
+        Raises:
+            BackendNotConfiguredError: the handle has no backend.
+        """
         return await self.state() is TaskState.SUCCESS
 
     async def failed(self) -> bool:
+        """True once the task finished in FAILURE or DEAD_LETTERED.
+
+        Raises:
+            BackendNotConfiguredError: the handle has no backend.
+        """
         return await self.state() in _FAILED
 
     async def forget(self) -> None:
-        """Delete the stored result, e.g. once it was read and will not be needed again."""
+        """Delete the stored result, e.g. once it was read and will not be needed again.
+
+        Forgetting a task that is not stored is not an error (``Backend.delete_result``).
+
+        Raises:
+            BackendNotConfiguredError: the handle has no backend.
+        """
         await self._backend().delete_result(self.task_id)
 
     def _backend(self) -> Backend:

@@ -13,6 +13,13 @@ MAX_TASK_ID_LENGTH = 255
 
 
 class TaskState(StrEnum):
+    """Where a task is in its life; its value is the name, as Chicory stores it.
+
+    PENDING (enqueued), STARTED (a worker runs it), RETRY (it failed and will run
+    again): not terminal. SUCCESS, FAILURE and DEAD_LETTERED: terminal, final for the
+    backends' write guard (see ``is_terminal``).
+    """
+
     PENDING = "PENDING"
     STARTED = "STARTED"
     SUCCESS = "SUCCESS"
@@ -32,14 +39,19 @@ TERMINAL_STATES: frozenset[TaskState] = frozenset(
 
 
 class WriteKind(StrEnum):
-    """The two kinds of write a batch carries, tagged alike in the SQL batch statement
-    (sql/dialects.py) and in the Redis store script's arguments (redis/)."""
+    """The two kinds of write a batch carries.
+
+    Tagged alike in the SQL batch statement (sql/dialects.py) and in the Redis store
+    script's arguments (redis/).
+    """
 
     STATE = "s"  # set_state: the state and history; the stored result stays
     RESULT = "r"  # store_result: the whole outcome
 
 
 class BackendType(StrEnum):
+    """The backend kinds ``create_backend`` makes, named as in ``CHICORY_BACKEND_TYPE``."""
+
     REDIS = "redis"
     POSTGRES = "postgres"
     MYSQL = "mysql"
@@ -48,6 +60,13 @@ class BackendType(StrEnum):
 
 
 class TaskResult(BaseModel):
+    """A task's outcome as ``store_result`` takes it and ``get_result`` returns it.
+
+    ``result`` is the task's return value (portable JSON only: see codec.py), ``error``
+    and ``traceback`` the failure's texts; a task only ``set_state`` wrote has a state
+    and no value.
+    """
+
     task_id: str
     state: TaskState
     result: Any = None
@@ -142,19 +161,29 @@ class TaskSummary(BaseModel):
 
 
 class BaseStatus(BaseModel):
+    """Whether a connection works, and if not, why (``error``)."""
+
     connected: bool
     error: str | None = None
 
 
 class BrokerStatus(BaseStatus):
-    pass
+    """A worker's broker connection as its heartbeat reports it (Chicory's own type)."""
 
 
 class BackendStatus(BaseStatus):
+    """What ``Backend.healthcheck`` answers: reachable or not, and how fast."""
+
     latency_ms: float | None = Field(default=None, description="Round trip of the health query")
 
 
 class WorkerStats(BaseModel):
+    """A worker's heartbeat: who it is, what it consumes, and its counters so far.
+
+    Stored by ``store_heartbeat`` as it is given, returned by ``get_heartbeat`` and
+    ``get_active_workers`` until its TTL passes.
+    """
+
     worker_id: str
     hostname: str
     pid: int

@@ -317,6 +317,8 @@ def test_cli_check_migrate_and_health(chicory_database: SQLBackendConfig) -> Non
     migrate = _cli(chicory_database, "migrate")
     assert migrate.returncode == 0, migrate.stderr
     assert "migrate: applied 0001" in migrate.stderr
+    assert "adopted Chicory 0.1.0's own tables in place" in migrate.stdout
+    assert f"({len(VALUES) + 5} rows of chicory_task_results, 2 rows of" in migrate.stdout
     assert _cli(chicory_database, "health").returncode == 0
     assert _cli(chicory_database, "migrate", "--check").returncode == 0
 

@@ -88,12 +88,19 @@ def migrate(
             "migrate needs a direct connection to PostgreSQL, not through PgBouncer: run it "
             "with CHICORY_BACKEND_POSTGRES_PGBOUNCER=false and the server's own address"
         )
-    before = asyncio.run(database_revision(config))
+    plan = asyncio.run(plan_upgrade(config))
+    before = plan.revision
     alembic_cfg.attributes["on_version_apply"] = revision_lines(quiet=asked.json)
     run_alembic(config, lambda: alembic.upgrade(alembic_cfg, "head"))
     after = asyncio.run(database_revision(config))
     if before == after:
         text = f"{target.label}: schema already at revision {after} (head)"
+    elif plan.chicory_tables:
+        kept = ", ".join(f"{count} rows of {table}" for table, count in plan.rows.items())
+        text = (
+            f"{target.label}: adopted Chicory 0.1.0's own tables in place ({kept} kept); "
+            f"schema at revision {after} (head)"
+        )
     else:
         text = f"{target.label}: schema upgraded from {before or 'empty'} to {after} (head)"
     payload = {
@@ -102,6 +109,8 @@ def migrate(
         "from_revision": before,
         "revision": after,
         "upgraded": before != after,
+        "adopted_chicory_tables": plan.chicory_tables and before != after,
+        "rows_kept": plan.rows if plan.chicory_tables else {},
     }
     asked.emit(payload, text)
     return EXIT_OK
