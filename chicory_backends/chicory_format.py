@@ -63,10 +63,17 @@ def decode_chicory_result(task_id: str, raw: str | bytes, state: str | None = No
 
 
 def chicory_result(task_id: str, doc: Mapping[str, Any], state: str | None = None) -> TaskResult:
-    """``decode_chicory_result`` of a document already loaded and checked."""
+    """``decode_chicory_result`` of a document already loaded and checked.
+
+    The state beside the document (``state``) wins, but never with a non-terminal state
+    over a terminal document: Chicory's own ``set_state`` has no guard, and a late STARTED
+    of its worker rewrites the column alone; Chicory's own client then still reads the
+    document's SUCCESS, and so does ours (the terminal-state rule)."""
+    stored = decode_state(task_id, doc["state"])
+    beside = decode_state(task_id, state) if state else stored
     return TaskResult.model_construct(
         task_id=task_id,
-        state=decode_state(task_id, state or doc["state"]),
+        state=stored if stored.is_terminal and not beside.is_terminal else beside,
         result=doc.get("result"),
         error=doc.get("error"),
         traceback=doc.get("traceback"),

@@ -38,12 +38,15 @@ are recorded as such, and there the downgrade drops our tables as before.
 
 from __future__ import annotations
 
+import random
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import Connection
+from sqlalchemy.exc import DBAPIError
 
 from chicory_backends.chicory_format import encode_chicory_result
 
@@ -251,19 +254,53 @@ def _adopt_mysql(
             f"ADD COLUMN {sa.schema.CreateColumn(column).compile(dialect=dialect)}"
             for column in columns
         )
-        op.execute(f"ALTER TABLE {RESULTS} {added}, LOCK=NONE")
+        _alter_between_writes(op, RESULTS, f"{added}, LOCK=NONE")
     changes = [f"DROP INDEX {name}" for name in CHICORY_ONLY_INDEXES[RESULTS] if name in present]
     changes += [
         f"ADD INDEX {index.name} ({', '.join(column.name for column in index.columns)})"
         for index in indexes
     ]
     if changes:
-        op.execute(f"ALTER TABLE {RESULTS} {', '.join(changes)}, ALGORITHM=INPLACE, LOCK=NONE")
+        _alter_between_writes(op, RESULTS, f"{', '.join(changes)}, ALGORITHM=INPLACE, LOCK=NONE")
     beats = [f"DROP INDEX {name}" for name in CHICORY_ONLY_INDEXES[HEARTBEATS] if name in present]
     if "stats" not in _present_columns(op, HEARTBEATS):
         beats += ["ADD COLUMN stats JSON NULL", "MODIFY heartbeat_json TEXT NULL"]
     if beats:
-        op.execute(f"ALTER TABLE {HEARTBEATS} {', '.join(beats)}")
+        _alter_between_writes(op, HEARTBEATS, ", ".join(beats))
+
+
+# How long the adoption keeps trying to find its table between two of Chicory's writes.
+ALTER_PATIENCE = 300.0
+_LOCK_WAIT_TIMEOUT = 1205  # MySQL/MariaDB: what NOWAIT answers when the table is in use
+
+
+def _alter_between_writes(op: Any, table: str, changes: str) -> None:
+    """``ALTER TABLE table changes`` on MariaDB without ever making a write fail.
+
+    An ALTER waiting for its table's metadata lock, while a transaction of Chicory's own
+    backend holds it (a SELECT, then an UPDATE), makes that transaction the victim of a
+    deadlock (error 1213): Chicory's worker then records the task as failed. With NOWAIT
+    the ALTER never waits: when the table is in use it fails at once (1205), nothing
+    else does, and it is tried again a moment later, for up to ``ALTER_PATIENCE``
+    seconds. (MySQL has no NOWAIT for ALTER: there it runs as it is. Offline, the script
+    holds the plain statement.)"""
+    context = op.get_context()
+    mariadb = context.dialect.name == "mariadb" or getattr(context.dialect, "is_mariadb", False)
+    if context.as_sql or not mariadb:
+        op.execute(f"ALTER TABLE {table} {changes}")
+        return
+    deadline = time.monotonic() + ALTER_PATIENCE
+    pause = 0.02
+    while True:
+        try:
+            op.execute(f"ALTER TABLE {table} NOWAIT {changes}")
+            return
+        except DBAPIError as error:
+            code = error.orig.args[0] if error.orig is not None and error.orig.args else None
+            if code != _LOCK_WAIT_TIMEOUT or time.monotonic() > deadline:
+                raise
+        time.sleep(pause * (0.5 + random.random()))  # noqa: S311 - jitter, not a secret
+        pause = min(pause * 2, 0.5)
 
 
 def _present_columns(op: Any, table: str) -> set[str]:

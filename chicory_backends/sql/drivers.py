@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sqlite3
 import ssl
 import uuid
 from collections.abc import Awaitable, Callable
@@ -376,7 +377,7 @@ class AiosqliteDriver(Driver):
             cursor = dbapi_connection.cursor()
             cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout)}")
             if not in_memory:
-                cursor.execute("PRAGMA journal_mode = WAL")
+                _use_wal(cursor)
                 cursor.execute("PRAGMA synchronous = NORMAL")
             cursor.close()
 
@@ -423,3 +424,19 @@ _DRIVERS: dict[str, type[Driver]] = {
 def driver_for(config: SQLBackendConfig) -> Driver:
     """The driver object of the URL's driver (``postgresql+asyncpg`` -> asyncpg)."""
     return _DRIVERS.get(config.sqlalchemy_url().get_driver_name(), Driver)(config)
+
+
+def _use_wal(cursor: Any) -> None:
+    """Switch a SQLite file to WAL unless it is already. Switching needs the file to
+    itself and does not wait for ``busy_timeout``: while another process holds it open
+    in its old journal mode (Chicory's own workers, before a switch), the switch fails at
+    once with "database is locked". The connection then keeps the file's mode (every
+    statement still works, with less concurrency) and a later connection tries again."""
+    cursor.execute("PRAGMA journal_mode")
+    if str(cursor.fetchone()[0]).lower() == "wal":
+        return
+    try:
+        cursor.execute("PRAGMA journal_mode = WAL")
+    except sqlite3.OperationalError as error:
+        if "locked" not in str(error):
+            raise
