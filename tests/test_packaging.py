@@ -68,6 +68,8 @@ def test_sdist_and_wheel_pass_twine_check(dist: Path) -> None:
         names = archive.namelist()
     assert "chicory_backends/_migrations/env.py" in names
     assert f"chicory_backends/_migrations/versions/{SCHEMA_REVISION}" in " ".join(names)
+    # The Redis backend's Lua scripts, read as package data (redis/scripts.py).
+    assert {"chicory_backends/redis/store.lua", "chicory_backends/redis/index.lua"} <= set(names)
 
 
 def test_a_deploy_directory_with_the_installed_wheel(venv: Path, tmp_path: Path) -> None:

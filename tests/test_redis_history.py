@@ -278,14 +278,15 @@ async def test_single_node_writes_send_no_index_command(make: Make, mode: str) -
     command per batch of writes lists every written task (NX: a no-op when listed)."""
     rb = await make()
     sent: list[Any] = []
-    index = rb._index
-    assert index is not None
+    assert rb._link is not None
+    scripts = rb._link.scripts
+    index = scripts.index
 
     async def counting_index(**kw: Any) -> Any:
         sent.extend(kw["args"][1::2])  # history_size, then (task id, score) pairs
         return await index(**kw)
 
-    rb._index = counting_index  # type: ignore[assignment]
+    scripts.index = counting_index  # type: ignore[assignment]
     await asyncio.gather(*(rb.set_state(f"p{n}", S.PENDING) for n in range(20)))
     await rb.set_state("s", S.STARTED, details(1))
     await rb.set_state("r", S.RETRY, details(1))

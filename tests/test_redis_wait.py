@@ -178,7 +178,8 @@ async def test_only_terminal_writes_notify(
     await until(subscribed(waiter, task_id))
 
     # A subscriber of our own on the channel, to see exactly what is published.
-    spy = writer._connector.listener_client(writer._client, 0)
+    assert writer._client is not None
+    spy = writer._topology.listener_client(writer._client, 0)
     pubsub = spy.pubsub()
     try:
         await pubsub.subscribe(writer._channel)

@@ -25,7 +25,7 @@ id in the same atomic step that writes a terminal state, and the shared Listener
 (waiting.py) keeps ONE subscribed connection per backend (listener.py).
 
 History (``get_task``, ``list_tasks``, ``task_summary``). Every write merges into the
-task's document by the rules of the SQL backends (the store script, ``_STORE_LUA``).
+task's document by the rules of the SQL backends (the store script, store.lua).
 ``get_task`` is one GET. ``list_tasks`` and ``task_summary`` read the recent-history
 index ``P:history``, so they reach back over the newest ``history_size`` tasks (default
 100,000; 0 = no index, and both find nothing) and, of those, only the ones whose result
@@ -41,7 +41,7 @@ The index entry is added by the store script, in the same atomic step as the wri
 creates the document: no extra command on a single node or Sentinel. On Cluster the
 index key is in another slot than the result keys, which a script cannot reach: there
 every batch of writes sends ONE extra command alongside the store scripts
-(``_INDEX_LUA``: ZADD NX of each write's task, then the trim; a no-op for the tasks
+(index.lua: ZADD NX of each write's task, then the trim; a no-op for the tasks
 already listed). On Cluster the entry's score is the time of the first write to reach
 the index, which can differ by a little from ``created_at``
 (writers racing, or a result written again after it expired); pages are ordered and
@@ -72,17 +72,12 @@ delete_result deletes it, as ours does).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable
+from collections.abc import AsyncIterator, Callable, Hashable, Iterable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
-
-from redis.asyncio import RedisCluster
-from redis.commands.core import AsyncScript
 
 from chicory_backends import coalesce
 from chicory_backends.base import Backend, check_heartbeat_ttl
@@ -109,7 +104,6 @@ from chicory_backends.codec import (
 from chicory_backends.config import RedisBackendConfig
 from chicory_backends.errors import (
     BackendUnreachableError,
-    ConfigurationError,
     CorruptResultError,
     NotConnectedError,
 )
@@ -121,10 +115,11 @@ from chicory_backends.history import (
     write_fields,
 )
 from chicory_backends.redis import listener as subscription
-from chicory_backends.redis.connection import Client, Connector
+from chicory_backends.redis.connection import Client
 from chicory_backends.redis.listener import PubSubRefused
+from chicory_backends.redis.scripts import CHICORY_SHAPED, OURS, Write, store_write
+from chicory_backends.redis.topology import Link, topology_for
 from chicory_backends.types import (
-    TERMINAL_STATES,
     BackendStatus,
     TaskDetails,
     TaskPage,
@@ -133,6 +128,7 @@ from chicory_backends.types import (
     TaskState,
     TaskSummary,
     WorkerStats,
+    WriteKind,
 )
 from chicory_backends.waiting import (
     RECHECK_INTERVAL,
@@ -146,152 +142,7 @@ from chicory_backends.waiting import (
 
 logger = logging.getLogger(__name__)
 
-# The terminal-state rule, built from TERMINAL_STATES so the Lua and Python never disagree.
-_LUA_TERMINAL = (
-    "{" + ", ".join(f"[{json.dumps(s.value)}] = true" for s in sorted(TERMINAL_STATES)) + "}"
-)
-
-
-def _lua_list(names: Iterable[str]) -> str:
-    return "{" + ", ".join(json.dumps(name) for name in names) + "}"
-
-
-# How a write merges with the stored document: exactly the SQL rules (sql/dialects.py
-# FILL_COLUMNS, KEEP_COLUMNS, _may_write), with created_at a fill as well (SQL sets it
-# at the insert only).
-_FILL = ("name", "queue", "enqueued_at", "args", "created_at")
-_KEEP = ("worker_id", "started_at")
-_REPLACED = ("state", "attempts", "updated_at", "finished_at")
-_REPLACED_BY_RESULT = ("result", "error", "traceback")
-
-# KEYS[1] result key; KEYS[2] (single node and Sentinel, history_size > 0) the history
-# index. ARGV[1] new state; ARGV[2] the write's document (nulls left out, see
-# codec.encode_document); ARGV[3] TTL in seconds, "0" = keep forever; ARGV[4] the channel
-# to PUBLISH the task id ARGV[5] on when the written state is terminal; ARGV[6] "r" for
-# store_result (replaces result, error, traceback) or "s" for set_state (keeps them);
-# ARGV[7] the index score (created_at in integer microseconds); ARGV[8] history_size;
-# ARGV[9] "c" to write the merged document Chicory-shaped (write_chicory_format).
-#
-# Chicory-shaped documents ("task_id" present: Chicory's own, or ours written for it,
-# chicory_format.is_chicory_shaped) keep the value as plain JSON, which cjson must never
-# re-encode (it keeps 14 significant digits and turns [] into {}). ``load`` cuts its text
-# out instead, between the first ',"result":' and the last ',"error":' (both shapes put
-# "result", "error", "traceback" last; a string's quotes are escaped, so neither can
-# match inside one), and the merge carries it as our JSON text. So a write of ours over
-# Chicory's document merges with it like with ours (its state is guarded, its result kept
-# by set_state, replaced by store_result), and comes out ours unless ARGV[9] says "c".
-#
-# The guard: a terminal write always lands and a non-terminal one only over a
-# non-terminal document, and never a write of an older attempt (missing = 0); a refused
-# write changes nothing. A write that lands: fills (_FILL) keep the stored value when
-# there is one, else take the new one; keeps (_KEEP) take the new value unless it is
-# missing; the rest is replaced.
-# GET, merge, SET, ZADD and PUBLISH run as one script, so no late write can slip between
-# them and a waiter that reads a non-terminal state is sure to be sent the terminal one.
-# The index entry is added when the write creates the document (or gives created_at to a
-# document written before the history), and the index trimmed to its newest ARGV[8].
-# PUBLISH goes through pcall: a user whose ACL denies the channel still stores results
-# (the script returns 2 instead of 1; waiters then rely on RedisBackend.recheck_interval).
-# Returns 0 when the guard refused the write, 1 when written.
-_STORE_LUA = f"""
-local terminal = {_LUA_TERMINAL}
-local fill, keep = {_lua_list(_FILL)}, {_lua_list(_KEEP)}
-local replaced, by_result = {_lua_list(_REPLACED)}, {_lua_list(_REPLACED_BY_RESULT)}
-local state, doc, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local null = cjson.null
-local function present(value) return value ~= nil and value ~= null end
-local function load(text)
-  local ok, fields = pcall(cjson.decode, text)
-  if not ok or type(fields) ~= 'table' then return nil end
-  if fields.task_id ~= nil then
-    fields.task_id, fields.result = nil, nil
-    local from = string.find(text, ',"result":', 1, true)
-    local to = from and string.find(text, ',"error":', from, true)
-    local later = to
-    while later do
-      to, later = later, string.find(text, ',"error":', later + 1, true)
-    end
-    local raw = to and string.sub(text, from + 10, to - 1)
-    if raw and raw ~= 'null' then fields.result = raw end
-  end
-  return fields
-end
-local function chicory_shaped(fields)
-  local value, err, tb = fields.result, fields.error, fields.traceback
-  fields.result, fields.error, fields.traceback, fields.task_id = nil, nil, nil, ARGV[5]
-  local head = cjson.encode(fields)
-  return string.sub(head, 1, -2) .. ',"result":' .. (present(value) and value or 'null')
-    .. ',"error":' .. cjson.encode(present(err) and err or null)
-    .. ',"traceback":' .. cjson.encode(present(tb) and tb or null) .. '}}'
-end
-local new = load(doc)
-local current = nil
-local old = redis.call('GET', KEYS[1])
-if old then current = load(old) end
-local written, created = true, true
-if current then
-  created = not present(current.created_at)
-  local stored = tonumber(current.attempts) or 0
-  written = (terminal[state] or not terminal[current.state])
-    and (tonumber(new.attempts) or 0) >= stored
-  if written then
-    for _, name in ipairs(fill) do
-      if not present(current[name]) then current[name] = new[name] end
-    end
-    for _, name in ipairs(keep) do
-      if present(new[name]) then current[name] = new[name] end
-    end
-    for _, name in ipairs(replaced) do current[name] = new[name] end
-    if ARGV[6] == 'r' then
-      for _, name in ipairs(by_result) do current[name] = new[name] end
-    end
-    doc = ARGV[9] == 'c' and chicory_shaped(current) or cjson.encode(current)
-  end
-end
-if written and created and KEYS[2] then
-  redis.call('ZADD', KEYS[2], ARGV[7], ARGV[5])
-  local size = tonumber(ARGV[8])
-  local count = redis.call('ZCARD', KEYS[2])
-  if count > size then redis.call('ZREMRANGEBYRANK', KEYS[2], 0, count - size - 1) end
-end
-if not written then return 0 end
-if ttl > 0 then
-  redis.call('SET', KEYS[1], doc, 'EX', ttl)
-else
-  redis.call('SET', KEYS[1], doc)
-end
-if terminal[state] and ARGV[4] then
-  local sent = redis.pcall('PUBLISH', ARGV[4], ARGV[5])
-  if type(sent) == 'table' and sent.err then return 2 end
-end
-return 1
-"""
-
-# Cluster only: the history index lives in another slot than the result keys, so the
-# store script cannot touch it; every batch of writes sends this alongside, one call for
-# the whole batch (the one extra command of the history, and only there).
-# KEYS[1] the index; ARGV[1] history_size, then (task id, score) pairs. NX: the time of
-# the first write stays.
-_INDEX_LUA = """
-local added = 0
-for i = 2, #ARGV, 2 do
-  added = added + redis.call('ZADD', KEYS[1], 'NX', ARGV[i + 1], ARGV[i])
-end
-if added > 0 then
-  local size = tonumber(ARGV[1])
-  local count = redis.call('ZCARD', KEYS[1])
-  if count > size then redis.call('ZREMRANGEBYRANK', KEYS[1], 0, count - size - 1) end
-end
-return added
-"""
-
 _MICROSECOND = timedelta(microseconds=1)
-_TERMINAL_VALUES = frozenset(state.value for state in TERMINAL_STATES)
-
-
-def _is_terminal(call: _Write) -> bool:
-    return call.args[0] in _TERMINAL_VALUES
-
 
 # Documents fetched per MGET when listing or summarising the history.
 _SUMMARY_CHUNK = 1000
@@ -377,23 +228,6 @@ def _settle(
     return found.model_copy(update=cleared)
 
 
-async def _mget(client: Client, keys: list[str]) -> list[Any]:
-    """MGET, split by slot on Cluster (one pipeline), in the order of ``keys``."""
-    if isinstance(client, RedisCluster):
-        return list(await client.mget_nonatomic(keys))
-    return list(await client.mget(keys))
-
-
-@dataclass(frozen=True, slots=True)
-class _Write:
-    """One write as the coalescer carries it: the store script's keys and arguments, and
-    on Cluster the index script's arguments (None when the write adds no index entry)."""
-
-    keys: list[str]
-    args: list[Any]
-    index: list[Any] | None
-
-
 class RedisBackend(Backend):
     """Results and heartbeats on a single Redis node, a Sentinel-managed master or a Cluster.
 
@@ -410,8 +244,10 @@ class RedisBackend(Backend):
         self.config = config if config is not None else RedisBackendConfig()
         if self.config.write_chicory_format:  # Chicory's own workers store without PUBLISH
             self.recheck_interval = SWITCH_RECHECK_INTERVAL
-        self._connector = Connector(self.config)
-        self.mode = self._connector.mode
+        # Single node, Sentinel or Cluster: everything that differs between them.
+        self._topology = topology_for(self.config)
+        self._connector = self._topology.connector
+        self.mode = self._topology.mode
         self._address = self._connector.address
         prefix = self.config.key_prefix
         self._result_prefix = f"{prefix}:result:"
@@ -431,29 +267,18 @@ class RedisBackend(Backend):
                 "read only the prefix 'chicory', so they will not see these writes",
                 prefix,
             )
-        # WAIT needs the writes and itself on one connection: a pipeline, which Cluster
-        # cannot give to scripts (see _store_batch).
-        self._wait_replicas = self.config.wait_replicas
-        if self._wait_replicas and self.mode == "redis-cluster":
-            raise ConfigurationError(
-                "wait_replicas is not supported on Redis Cluster: its scripts cannot share "
-                "one connection with WAIT; use Sentinel or a single node with replicas"
-            )
         self._ttl = str(self.config.result_ttl)
-        self._client: Client | None = None
-        self._store: AsyncScript | None = None
-        self._index: AsyncScript | None = None
+        self._shape = CHICORY_SHAPED if self._chicory_format else OURS
+        # The client, its scripts and its gate, from connect() to disconnect().
+        self._link: Link | None = None
         self._connecting = asyncio.Lock()
-        # Cluster nodes raise instead of waiting when their pool is full; this makes
-        # bursts wait there too, as the blocking pool does on the other modes.
-        self._slots: asyncio.Semaphore | None = None
         # The subscription that wakes waiters, made at the first wait; and why SUBSCRIBE
         # was refused, when it was (then waiting polls until the next connect()).
         self._listener: Listener | None = None
         self._listen_attempts = 0
         self._pubsub_refused: str | None = None
         self._publish_refused = False  # warned once that stores cannot announce results
-        self._write_calls: Coalescer[_Write, None] = coalesce.writes(
+        self._write_calls: Coalescer[Write, None] = coalesce.writes(
             self._store_one, self._store_batch
         )
         # Looked up at each call, so a wrapped get_results (a test's, a tracer's) sees them.
@@ -468,60 +293,48 @@ class RedisBackend(Backend):
     # -- connection -------------------------------------------------------------------
 
     async def connect(self) -> None:
-        """Open the pool, prove the server answers, and load the Lua script once."""
+        """Open the pool, prove the server answers, and load the Lua scripts once."""
         async with self._connecting:  # callers racing here share one pool
-            if self._client is not None:
-                return
-            client = self._connector.client()
-            try:
-                async with self._io(client):
-                    if isinstance(client, RedisCluster):
-                        await client.initialize()
-                    await client.script_load(_STORE_LUA)
-                    if isinstance(client, RedisCluster) and self._history_size:
-                        await client.script_load(_INDEX_LUA)
-            except BaseException:
-                await self._connector.close(client)
-                raise
-            self._client = client
-            self._store = client.register_script(_STORE_LUA)
-            self._index = client.register_script(_INDEX_LUA)
-            if isinstance(client, RedisCluster):
-                self._slots = asyncio.Semaphore(self.config.max_connections)
+            if self._link is None:
+                self._link = await self._topology.open(self._history_key, self._history_size)
 
     async def disconnect(self) -> None:
         await self._write_calls.drain()  # what was acknowledged-to-be is written first
         await self._read_calls.drain()
-        client = self._client
-        # _store stays: it is only a SHA and the script text, and a call already past
-        # the connection check must not find it gone.
-        self._client, self._slots = None, None
+        # A call already past the connection check keeps the link it was lent.
+        link, self._link = self._link, None
         listener, self._listener, self._pubsub_refused = self._listener, None, None
         if listener is not None:
             await listener.close()
-        if client is not None:
-            await self._connector.close(client)
+        if link is not None:
+            await self._topology.close(link.client)
+
+    @property
+    def _client(self) -> Client | None:
+        """The pooled client while connected (for tests and tools that look inside)."""
+        link = self._link
+        return None if link is None else link.client
 
     @asynccontextmanager
-    async def _io(self, client: Client | None = None) -> AsyncIterator[Client]:
-        """Lend the client for one operation and turn every driver error into ours."""
-        if client is None:
-            client = self._client
-            if client is None:
-                raise NotConnectedError("RedisBackend")
-        slots = self._slots
-        if slots is not None:
+    async def _io(self) -> AsyncIterator[Link]:
+        """Lend the link for one operation and turn every driver error into ours. Where
+        the link has a gate (Cluster), the operation first takes a slot of it."""
+        link = self._link
+        if link is None:
+            raise NotConnectedError("RedisBackend")
+        gate = link.gate
+        if gate is not None:
             try:
                 async with asyncio.timeout(self.config.pool_timeout):
-                    await slots.acquire()
+                    await gate.acquire()
             except TimeoutError:
                 raise self._connector.exhausted() from None
         try:
             with self._connector.translated():
-                yield client
+                yield link
         finally:
-            if slots is not None:
-                slots.release()
+            if gate is not None:
+                gate.release()
 
     # -- results ----------------------------------------------------------------------
 
@@ -529,100 +342,33 @@ class RedisBackend(Backend):
         return self._result_prefix + check_task_id(task_id)
 
     def _write(
-        self, key: str, task_id: str, state: TaskState, kind: str, doc: bytes, now: datetime
-    ) -> _Write:
-        """A write's store script call (``_STORE_LUA``: keys and arguments) and, on Cluster,
-        its index entry."""
-        score = _score_of(now)
-        args = [
-            state.value,
-            doc,
-            self._ttl,
-            self._channel,
-            task_id,
-            kind,
-            score,
-            self._history_size,
-            "c" if self._chicory_format else "",
-        ]
-        keys, index = [key], None
-        if self._history_size:
-            if self.mode != "redis-cluster":
-                keys.append(self._history_key)
-            else:
-                index = [task_id, score]
-        return _Write(keys, args, index)
+        self, key: str, task_id: str, state: TaskState, kind: WriteKind, doc: bytes, now: datetime
+    ) -> Write:
+        """A write's store.lua call, which the topology sends."""
+        return store_write(
+            key=key,
+            state=state,
+            document=doc,
+            ttl=self._ttl,
+            channel=self._channel,
+            task_id=task_id,
+            kind=kind,
+            score=_score_of(now),
+            history_size=self._history_size,
+            shape=self._shape,
+        )
 
-    async def _store_one(self, group: Hashable, call: _Write) -> None:
-        if self._waits_for_replicas([call]):
-            (outcome,) = await self._store_batch(group, [call])
-            if outcome is not None:
-                raise outcome
-            return
-        async with self._io() as client:
-            assert self._store is not None and self._index is not None
-            if call.index is None:
-                self._stored(await self._store(keys=call.keys, args=call.args, client=client))
-                return
-            written, _ = await asyncio.gather(
-                self._store(keys=call.keys, args=call.args, client=client),
-                self._index(
-                    keys=[self._history_key], args=[self._history_size, *call.index], client=client
-                ),
-            )
-            self._stored(written)
+    async def _store_one(self, _group: Hashable, write: Write) -> None:
+        async with self._io() as link:
+            self._stored(await self._topology.store_one(link, write))
 
     async def _store_batch(
-        self, _group: Hashable, calls: list[_Write]
+        self, _group: Hashable, writes: list[Write]
     ) -> list[BaseException | None]:
-        """Concurrent writes as one pipeline: one round trip, each script still atomic on
-        its own key. A script the server refuses fails its own call only. Cluster
-        pipelines split by node and cannot load scripts, so there the calls go at once,
-        one script each, and one index script for the whole batch."""
-        assert self._store is not None and self._index is not None
-        store, index = self._store, self._index
-        async with self._io() as client:
-            if isinstance(client, RedisCluster):
-                entries = [part for call in calls if call.index for part in call.index]
-                indexing = []
-                if entries:
-                    args = [self._history_size, *entries]
-                    indexing.append(index(keys=[self._history_key], args=args, client=client))
-                sent: list[Any] = await asyncio.gather(
-                    *(
-                        self._slotted(store(keys=call.keys, args=call.args, client=client))
-                        for call in calls
-                    ),
-                    *(self._slotted(call) for call in indexing),
-                    return_exceptions=True,
-                )
-                answers = sent[: len(calls)]
-                # When the index entries failed, so do their writes (written again, added).
-                failed = sent[len(calls)] if entries else None
-                if isinstance(failed, BaseException):
-                    answers = [
-                        failed if call.index and not isinstance(answer, BaseException) else answer
-                        for call, answer in zip(calls, answers, strict=True)
-                    ]
-            else:
-                pipe = client.pipeline(transaction=False)
-                for call in calls:
-                    await store(keys=call.keys, args=call.args, client=pipe)
-                waits = self._waits_for_replicas(calls)
-                if waits:  # on the writes' own connection, right after them
-                    timeout_ms = int(self.config.wait_timeout * 1000)
-                    pipe.execute_command("WAIT", self._wait_replicas, timeout_ms)
-                answers = await pipe.execute(raise_on_error=False)
-                if waits:
-                    *answers, acked = answers
-                    unconfirmed = self._unconfirmed(acked)
-                    if unconfirmed is not None:
-                        answers = [
-                            unconfirmed
-                            if _is_terminal(call) and not isinstance(answer, BaseException)
-                            else answer
-                            for call, answer in zip(calls, answers, strict=True)
-                        ]
+        """Concurrent writes sent together (``Topology.store_many``); a write the server
+        refuses fails alone."""
+        async with self._io() as link:
+            answers = await self._topology.store_many(link, writes)
         outcomes: list[BaseException | None] = []
         for answer in answers:
             if isinstance(answer, BackendUnreachableError):
@@ -633,31 +379,6 @@ class RedisBackend(Backend):
                 self._stored(answer)
                 outcomes.append(None)
         return outcomes
-
-    async def _slotted(self, call: Awaitable[Any]) -> Any:
-        """One script of a Cluster batch, in a slot of its own: the batch sends them at
-        once, and a node's pool (max_connections) raises instead of waiting when more
-        calls than that reach it (a burst of hundreds of writes)."""
-        if self._slots is None:
-            return await call
-        async with self._slots:
-            return await call
-
-    def _waits_for_replicas(self, calls: list[_Write]) -> bool:
-        return bool(self._wait_replicas) and any(_is_terminal(call) for call in calls)
-
-    def _unconfirmed(self, acked: object) -> BackendUnreachableError | None:
-        """WAIT's answer: None when enough replicas have the writes, else the error of
-        each terminal write (stored on the master, maybe lost if it fails now)."""
-        if isinstance(acked, int) and acked >= self._wait_replicas:
-            return None
-        got = acked if isinstance(acked, int) else 0
-        return BackendUnreachableError(
-            self._address,
-            f"the result is on the master but only {got} of wait_replicas="
-            f"{self._wait_replicas} replicas had it within {self.config.wait_timeout:g}s; "
-            "it may be lost if the master fails now",
-        )
 
     def _stored(self, written: object) -> None:
         if written == 2 and not self._publish_refused:
@@ -686,7 +407,7 @@ class RedisBackend(Backend):
         if self._chicory_format:
             doc = chicory_shaped_document(task_id, doc)
         await self._write_calls.submit(
-            None, task_id, self._write(key, task_id, state, "s", doc, now), len(doc)
+            None, task_id, self._write(key, task_id, state, WriteKind.STATE, doc, now), len(doc)
         )
 
     async def store_result(
@@ -705,7 +426,7 @@ class RedisBackend(Backend):
         if self._chicory_format:
             doc = chicory_shaped_document(task_id, doc)
         await self._write_calls.submit(
-            None, task_id, self._write(key, task_id, state, "r", doc, now), len(doc)
+            None, task_id, self._write(key, task_id, state, WriteKind.RESULT, doc, now), len(doc)
         )
 
     @staticmethod
@@ -763,38 +484,65 @@ class RedisBackend(Backend):
         keys: list[str] = [self._result_prefix + task_id for task_id in task_ids]
         state_keys: list[str] = [self._state_prefix + task_id for task_id in task_ids]
         raws: list[Any]
-        async with self._io() as client:
+        states: list[Any] | None
+        async with self._io() as link:
             if count == 1:
-                raws = [await client.get(keys[0])]
-            elif isinstance(client, RedisCluster):
-                raws = await _mget(client, keys)
+                raws, states = [await link.client.get(keys[0])], None
             else:
-                raws = await _mget(client, [*keys, *state_keys])
+                raws, states = await self._topology.mget_with(link.client, keys, state_keys)
         found = [
             None if raw is None else decode(task_id, raw)
-            for task_id, raw in zip(task_ids, raws[:count], strict=True)
+            for task_id, raw in zip(task_ids, raws, strict=True)
         ]
-        states: list[bytes | None] = raws[count:]
-        if not states:  # one task, or Cluster: the state keys only where they can matter
+        if states is None:  # one task, or Cluster: the state keys only where they can matter
             states = [None] * count
             wanted = [
                 i for i, item in enumerate(found) if item is None or not item.state.is_terminal
             ]
             if wanted:
-                async with self._io() as client:
-                    got = await _mget(client, [state_keys[i] for i in wanted])
+                async with self._io() as link:
+                    got = await self._topology.mget(link.client, [state_keys[i] for i in wanted])
                 for i, raw in zip(wanted, got, strict=True):
                     states[i] = raw
+                await self._reread_finished(task_ids, keys, found, states, decode)
         return [
             _settle(task_id, item, state, bare)
             for task_id, item, state in zip(task_ids, found, states, strict=True)
         ]
 
+    async def _reread_finished(
+        self,
+        task_ids: list[str],
+        keys: list[str],
+        found: list[_Doc | None],
+        states: list[Any],
+        decode: Callable[[str, bytes], _Doc],
+    ) -> None:
+        """Read again the documents of tasks whose Chicory state, read after them, is
+        terminal: Chicory's worker writes that state and its document in one MULTI, so a
+        terminal state read after a missing (or unfinished) document means the document
+        came in between, and the second read has it. Without this the task would read as
+        finished with no value (a torn read)."""
+        again = [
+            i
+            for i, raw in enumerate(states)
+            if raw is not None
+            and decode_state(task_ids[i], _text(raw)).is_terminal
+            and (found[i] is None or not found[i].state.is_terminal)  # type: ignore[union-attr]
+        ]
+        if not again:
+            return
+        async with self._io() as link:
+            raws = await self._topology.mget(link.client, [keys[i] for i in again])
+        for i, raw in zip(again, raws, strict=True):
+            if raw is not None:
+                found[i] = decode(task_ids[i], raw)
+
     async def delete_result(self, task_id: str) -> None:
         """Deletes the document and Chicory's state key beside it."""
         key = self._result_key(task_id)
-        async with self._io() as client:
-            await client.delete(key, self._state_prefix + task_id)
+        async with self._io() as link:
+            await link.client.delete(key, self._state_prefix + task_id)
 
     # -- history ----------------------------------------------------------------------
 
@@ -832,8 +580,8 @@ class RedisBackend(Backend):
         matched: list[tuple[TaskRecord, int]] = []
         while len(matched) <= query.limit:
             top = "+inf" if high is None else f"({high}" if exclusive else str(high)
-            async with self._io() as client:
-                members = await client.zrevrangebyscore(
+            async with self._io() as link:
+                members = await link.client.zrevrangebyscore(
                     self._history_key, top, low, start=offset, num=chunk, withscores=True
                 )
             if not members:
@@ -872,8 +620,8 @@ class RedisBackend(Backend):
         a thousand, and the summary built here (history.summarize)."""
         low = "-inf" if since is None else str(_score_of(since))
         high = "+inf" if until is None else f"({_score_of(until)}"
-        async with self._io() as client:
-            members = await client.zrangebyscore(self._history_key, low, high, withscores=True)
+        async with self._io() as link:
+            members = await link.client.zrangebyscore(self._history_key, low, high, withscores=True)
         entries = _entries(members)
         rows: list[tuple[str | None, TaskState, float | None]] = []
         for start in range(0, len(entries), _SUMMARY_CHUNK):
@@ -889,8 +637,8 @@ class RedisBackend(Backend):
         if not entries:
             return []
         keys = [self._result_prefix + task_id for task_id, _score in entries]
-        async with self._io() as client:
-            raws = await _mget(client, keys)
+        async with self._io() as link:
+            raws = await self._topology.mget(link.client, keys)
         return [
             (_decode_record(task_id, raw, whole=whole), score)
             for (task_id, score), raw in zip(entries, raws, strict=True)
@@ -953,7 +701,10 @@ class RedisBackend(Backend):
         return listener
 
     async def _listen(self, on_message: OnMessage, on_lost: OnLost) -> Any:
-        client = self._connector.listener_client(self._client, self._listen_attempts)
+        link = self._link
+        if link is None:
+            raise NotConnectedError("RedisBackend")
+        client = self._topology.listener_client(link.client, self._listen_attempts)
         self._listen_attempts += 1
         return await subscription.subscribe(
             self._connector, client, self._channel, on_message, on_lost
@@ -972,7 +723,8 @@ class RedisBackend(Backend):
         check_heartbeat_ttl(ttl)
         key = self._heartbeat_key(worker_id)
         payload = encode_stats(stats)
-        async with self._io() as client:
+        async with self._io() as link:
+            client = link.client
             if self._chicory_format:
                 await client.set(self._chicory_heartbeat_prefix + worker_id, payload, ex=ttl)
             pipe = client.pipeline(transaction=True)
@@ -985,8 +737,8 @@ class RedisBackend(Backend):
     async def get_heartbeat(self, worker_id: str) -> WorkerStats | None:
         """Ours, else Chicory's (one MGET; per slot on Cluster)."""
         keys = [self._heartbeat_key(worker_id), self._chicory_heartbeat_prefix + worker_id]
-        async with self._io() as client:
-            ours, chicorys = await _mget(client, keys)
+        async with self._io() as link:
+            ours, chicorys = await self._topology.mget(link.client, keys)
         raw = ours if ours is not None else chicorys
         return None if raw is None else decode_stats(worker_id, raw)
 
@@ -994,8 +746,8 @@ class RedisBackend(Backend):
         """One pipeline for the unexpired index entries and Chicory's worker set (one
         slot), one MGET for their heartbeats: ours, then those of Chicory's workers that
         are not ours and whose key still exists."""
-        async with self._io() as client:
-            pipe = client.pipeline(transaction=False)
+        async with self._io() as link:
+            pipe = link.client.pipeline(transaction=False)
             pipe.zrangebyscore(self._index_key, f"({time.time()!r}", "+inf")
             pipe.smembers(self._chicory_workers)
             members, chicory_members = await pipe.execute()
@@ -1005,7 +757,7 @@ class RedisBackend(Backend):
                 return []
             keys = [self._heartbeat_key(w) for w in ids]
             keys += [self._chicory_heartbeat_prefix + w for w in chicory_ids]
-            raws = await _mget(client, keys)
+            raws = await self._topology.mget(link.client, keys)
         # A heartbeat that expired after the range read is simply left out.
         workers = [*ids, *chicory_ids]
         return [
@@ -1017,7 +769,8 @@ class RedisBackend(Backend):
         Chicory's own cleanup does, whatever ``stale_seconds``) the members of Chicory's
         worker set whose heartbeat key is gone. Returns how many were dropped."""
         cutoff = time.time() - stale_seconds
-        async with self._io() as client:
+        async with self._io() as link:
+            client = link.client
             pipe = client.pipeline(transaction=False)
             pipe.zremrangebyscore(self._index_key, "-inf", f"({cutoff!r}")
             pipe.smembers(self._chicory_workers)
@@ -1025,7 +778,7 @@ class RedisBackend(Backend):
             chicory_ids = [_text(m) for m in members]
             if chicory_ids:
                 keys = [self._chicory_heartbeat_prefix + w for w in chicory_ids]
-                raws = await _mget(client, keys)
+                raws = await self._topology.mget(client, keys)
                 gone = [w for w, raw in zip(chicory_ids, raws, strict=True) if raw is None]
                 if gone:
                     removed += await client.srem(self._chicory_workers, *gone)
@@ -1035,8 +788,8 @@ class RedisBackend(Backend):
         """PING round trip; reports a failure instead of raising it."""
         started = time.perf_counter()
         try:
-            async with self._io() as client:
-                await client.ping()
+            async with self._io() as link:
+                await link.client.ping()
         except Exception as exc:
             return BackendStatus(connected=False, error=self._connector.reason(exc))
         return BackendStatus(connected=True, latency_ms=(time.perf_counter() - started) * 1000)
