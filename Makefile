@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 DEMO_DB ?= chicory_demo.db
 
-.PHONY: install demo test lint bench bench-e2e bench-bursts bench-cleanup bench-adopt clean
+.PHONY: install demo test test-quick lint bench bench-e2e bench-bursts bench-cleanup bench-adopt bench-sizes clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q -ra
+
+# Unit and contract tests on SQLite alone: no server, about 15 seconds.
+test-quick: install
+	$(BIN)/python -m pytest -q -ra tests/unit tests/contract -m "not (postgres or mysql or redis)"
 
 lint: install
 	$(BIN)/ruff check chicory_backends migrations tests examples bench
@@ -69,6 +73,10 @@ bench-cleanup: install
 # 3 to 5 minutes. Writes bench/results/adopt.{md,json}.
 bench-adopt: install
 	$(BIN)/python -m bench adopt $(BENCH_ARGS)
+
+# Results of 100 B to 10 MB written and read, vs Chicory 0.1.0 and the raw driver: sizes.{md,json}.
+bench-sizes: install
+	$(BIN)/python -m bench sizes $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(DEMO_DB) $(DEMO_DB)-wal $(DEMO_DB)-shm .pytest_cache .mypy_cache

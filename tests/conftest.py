@@ -2,34 +2,24 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import ExitStack, asynccontextmanager
-from pathlib import Path
-from typing import Any
+from contextlib import ExitStack
 
 import pytest
-from sqlalchemy import delete
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from redis_servers import (  # noqa: F401  (session fixtures, found by name)
+from chicory_backends.base import Backend
+from chicory_backends.config import SQLBackendConfig
+from chicory_backends.redis import RedisBackend
+from tests.support.backends import MakeBackend, sql_backends
+from tests.support.redis_servers import (  # noqa: F401  (session fixtures, found by name)
     REDIS_MODES,
     redis_backends,
     redis_cluster,
     redis_sentinel,
 )
-from sql_databases import SQL_KINDS, migrated_database, run_database_name
-
-from chicory_backends.base import Backend
-from chicory_backends.config import SQLBackendConfig
-from chicory_backends.redis import RedisBackend
-from chicory_backends.sql.backend import DatabaseBackend
-from chicory_backends.sql.schema import task_results, worker_heartbeats
+from tests.support.sql_databases import SQL_KINDS, migrated_database, run_database_name
 
 CONTRACT_KINDS = (*SQL_KINDS, *REDIS_MODES)
-
-MakeBackend = Callable[..., Awaitable[Backend]]
 
 
 @pytest.fixture(scope="session")
@@ -48,42 +38,13 @@ def sql_databases() -> Iterator[Callable[[str], SQLBackendConfig]]:
         yield get
 
 
-async def _empty_tables(backend: DatabaseBackend) -> None:
-    assert backend._engine is not None
-    async with backend._engine.connect() as connection:
-        await connection.execute(delete(task_results))
-        await connection.execute(delete(worker_heartbeats))
-
-
-@asynccontextmanager
-async def _sql_backends(
-    kind: str, sql_databases: Callable[[str], SQLBackendConfig]
-) -> AsyncIterator[MakeBackend]:
-    opened: list[Backend] = []
-
-    async def make(**overrides: Any) -> Backend:
-        config = sql_databases(kind).model_copy(update=overrides)
-        backend = DatabaseBackend(config)
-        await backend.connect()
-        if not opened:
-            await _empty_tables(backend)
-        opened.append(backend)
-        return backend
-
-    try:
-        yield make
-    finally:
-        for backend in opened:
-            await backend.disconnect()
-
-
 @pytest.fixture(params=CONTRACT_KINDS)
 async def make_backend(
     request: pytest.FixtureRequest, sql_databases: Callable[[str], SQLBackendConfig]
 ) -> AsyncIterator[MakeBackend]:
     """Connected backends of one kind, with config overrides; all start from empty storage."""
     kind: str = request.param
-    factory = redis_backends(kind) if kind in REDIS_MODES else _sql_backends(kind, sql_databases)
+    factory = redis_backends(kind) if kind in REDIS_MODES else sql_backends(kind, sql_databases)
     async with factory as make:
         yield make
 
@@ -98,7 +59,7 @@ async def make_sql_backend(
     request: pytest.FixtureRequest, sql_databases: Callable[[str], SQLBackendConfig]
 ) -> AsyncIterator[MakeBackend]:
     """Like make_backend, for the tests of what only the SQL backends promise."""
-    async with _sql_backends(request.param, sql_databases) as make:
+    async with sql_backends(request.param, sql_databases) as make:
         yield make
 
 
@@ -126,3 +87,31 @@ async def make(mode: str) -> AsyncIterator[Callable[..., Awaitable[RedisBackend]
     the same results); their keys are deleted afterwards."""
     async with redis_backends(mode) as factory:
         yield factory
+
+
+# -- a marker per backend --------------------------------------------------------------
+
+# What a parameter names, as the marker that selects it: `pytest -m postgres` runs every
+# test of a PostgreSQL backend, whichever fixture or parametrize brought it in.
+BACKEND_MARKERS = {
+    "sqlite": "sqlite",
+    "postgres": "postgres",
+    "mysql": "mysql",
+    "redis": "redis",
+    "redis-sentinel": "redis",
+    "redis-cluster": "redis",
+}
+TOPOLOGY_MARKERS = {"redis-sentinel": "sentinel", "redis-cluster": "cluster"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test with the backends its parameters name (see BACKEND_MARKERS)."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is None:
+            continue
+        for value in callspec.params.values():
+            if isinstance(value, str) and value in BACKEND_MARKERS:
+                item.add_marker(BACKEND_MARKERS[value])
+                if value in TOPOLOGY_MARKERS:
+                    item.add_marker(TOPOLOGY_MARKERS[value])

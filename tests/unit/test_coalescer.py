@@ -14,7 +14,7 @@ from collections.abc import Hashable, Sequence
 import pytest
 
 from chicory_backends.coalesce import Coalescer
-from unit.support import Gate, settle
+from tests.unit.support import Gate, settle
 
 
 class Refused(Exception):

@@ -17,7 +17,7 @@ from chicory_backends import waiting
 from chicory_backends.errors import BackendUnreachableError, NotConnectedError
 from chicory_backends.types import TaskResult, TaskState
 from chicory_backends.waiting import Listener, OnLost, OnMessage, wait_for
-from unit.support import Gate, settle
+from tests.unit.support import Gate, settle
 
 
 class FakeSession:

@@ -15,7 +15,7 @@ import pytest
 
 from chicory_backends.errors import DatabaseError
 from chicory_backends.sql.notify import WaiterRegistry
-from unit.support import Gate, settle
+from tests.unit.support import Gate, settle
 
 
 class FakeTable:

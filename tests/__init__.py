@@ -1,0 +1,1 @@
+"""The test suite: a package of tiers (see docs/architecture.md and README)."""

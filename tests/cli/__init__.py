@@ -1,0 +1,1 @@
+"""The chicory-backends command."""

@@ -1,0 +1,1 @@
+"""The real thing: chicory workers, the installed package, the examples."""

@@ -1,0 +1,1 @@
+"""Servers that stop, fail over, refuse or misbehave; secrets and TLS."""

@@ -1,0 +1,1 @@
+"""The Redis backend's own behaviour: documents, scripts, history index, waiting."""

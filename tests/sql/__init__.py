@@ -1,0 +1,1 @@
+"""The SQL backend's own behaviour: statements, migrations, adoption, LISTEN/NOTIFY."""

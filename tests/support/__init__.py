@@ -1,0 +1,1 @@
+"""Harnesses the tiers share: servers, databases, apps the real workers run."""

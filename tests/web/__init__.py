@@ -1,0 +1,1 @@
+"""The dashboard, /metrics and OpenTelemetry."""
