@@ -13,6 +13,11 @@ Public API is used wherever it exists (``AdaptedConnection.run_async``, the type
 
 If an upgrade moves either, importing the backend fails here, naming what moved and the
 versions that CI proves (pyproject.toml pins them), instead of misbehaving later.
+
+Why the upper pin stays at <2.2: both pieces are internal and may move in a minor
+release, and CI installs the newest 2.x that PyPI serves (2.1.9 on 2026-12-04; `pip index
+versions sqlalchemy` lists no 2.2), so every version the pin admits is one CI has run.
+Lift it when a 2.2 exists and CI passes on it.
 """
 
 from __future__ import annotations
