@@ -40,7 +40,7 @@ PHASE_TIMEOUT = 30.0
 
 @pytest.fixture(scope="module")
 def galera() -> Iterator[GaleraCluster]:
-    from owned_servers import migrate
+    from tests.support.owned_servers import migrate
 
     cluster = GaleraCluster()
     try:

@@ -492,7 +492,7 @@ async def _admin_sql(url: str, statements: list[str]) -> None:
 
 
 def _run_async(coroutine: Any) -> Any:
-    from sql_databases import run_blocking
+    from tests.support.sql_databases import run_blocking
 
     return run_blocking(coroutine)
 

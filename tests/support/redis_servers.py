@@ -2,7 +2,7 @@
 
 For the shared contract suite::
 
-    from redis_servers import REDIS_MODES, redis_backend_for, redis_backends
+    from tests.support.redis_servers import REDIS_MODES, redis_backend_for, redis_backends
 
     REDIS_MODES = ("redis", "redis-sentinel", "redis-cluster")
 

@@ -191,7 +191,7 @@ class PostgresPair:
         _track(self)
 
     def start(self) -> PostgresPair:
-        from owned_servers import migrate
+        from tests.support.owned_servers import migrate
 
         subprocess.run(
             [

@@ -50,9 +50,8 @@ async def sql_pair(kind: str) -> AsyncIterator[Pair]:
 
 @asynccontextmanager
 async def redis_pair() -> AsyncIterator[Pair]:
-    from services import REDIS_HOST, REDIS_PORT, require
-
     from chicory_backends.config import RedisBackendConfig
+    from tests.support.services import REDIS_HOST, REDIS_PORT, require
 
     require("Redis", REDIS_HOST, REDIS_PORT)
     config = RedisBackendConfig(
