@@ -1,4 +1,5 @@
-"""``python -m bench [--only ...] [--parts ...]``; ``python -m bench e2e|bursts|cleanup|adopt``.
+"""``python -m bench [--only ...] [--parts ...]``; ``python -m bench <part>`` for one part:
+e2e, bursts, cleanup, adopt, sizes (and the tools history, whatif, profile).
 
 Without a subcommand (``make bench``) one run does all three parts, side by side per
 backend: the steady throughput and round trips (latest.md), the store_result bursts
@@ -224,11 +225,69 @@ def _bursts_settings(args: argparse.Namespace) -> Any:
     )
 
 
+def _sizes_parser(parser: argparse.ArgumentParser) -> None:
+    from bench import sizes
+
+    parser.add_argument(
+        "--sizes", default=",".join(str(s) for s in sizes.SIZES),
+        help="result sizes in bytes, comma-separated (10k, 1m allowed)",
+    )  # fmt: skip
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds per figure (median)")
+    parser.add_argument(
+        "--big-rounds", type=int, default=3,
+        help=f"rounds at one caller for sizes from {sizes.BIG:,} bytes (at most --rounds)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--big-batch-rounds", type=int, default=1,
+        help=f"rounds at 32 in flight for sizes from {sizes.BIG:,} bytes (at most --rounds)",
+    )  # fmt: skip
+    parser.add_argument("--duration", type=float, default=0.15, help="seconds per phase")
+    parser.add_argument("--concurrency", default="1,32", help="comma-separated, default 1,32")
+    parser.add_argument(
+        "--redis-server", choices=("private", "shared"), default="private",
+        help="private: a redis-server of the bench's own (clean commandstats); shared: "
+        "BENCH_REDIS_HOST:BENCH_REDIS_PORT",
+    )  # fmt: skip
+    parser.add_argument(
+        "--index-tasks", type=int, default=1000, help="tasks over which the index share is taken"
+    )
+
+
+def _sizes_settings(args: argparse.Namespace) -> Any:
+    from bench import sizes
+
+    try:
+        chosen = sorted({sizes.parse_size(s) for s in args.sizes.split(",") if s.strip()})
+        concurrency = [int(c) for c in args.concurrency.split(",") if c.strip()]
+    except ValueError as error:
+        raise SystemExit(f"--sizes / --concurrency: {error}") from None
+    if not chosen or min(chosen) < 100 or not concurrency or min(concurrency) < 1:
+        raise SystemExit("--sizes must be at least 100 bytes and --concurrency at least 1")
+    if min(args.rounds, args.big_rounds, args.big_batch_rounds, args.index_tasks) < 1:
+        raise SystemExit("--rounds, --big-rounds, --big-batch-rounds, --index-tasks: at least 1")
+    if args.duration < 0:
+        raise SystemExit("--duration must not be negative")
+    return sizes.Settings(
+        kinds=_kinds(args.only, KINDS),
+        sizes=chosen,
+        concurrency=concurrency,
+        rounds=args.rounds,
+        big_rounds=args.big_rounds,
+        big_batch_rounds=args.big_batch_rounds,
+        duration=args.duration,
+        index_tasks=args.index_tasks,
+        redis_server=args.redis_server,
+        keep=args.keep,
+    )
+
+
 def main(argv: list[str]) -> int:
     if argv[:1] == ["e2e"]:
         return _part(argv[1:], "e2e", _e2e_parser, _e2e_settings)
     if argv[:1] == ["bursts"]:
         return _part(argv[1:], "bursts", _bursts_parser, _bursts_settings)
+    if argv[:1] == ["sizes"]:
+        return _part(argv[1:], "sizes", _sizes_parser, _sizes_settings)
     if argv[:1] == ["cleanup"]:
         return _cleanup(argv[1:])
     if argv[:1] == ["adopt"]:
