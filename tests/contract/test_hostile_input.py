@@ -35,6 +35,7 @@ from chicory_backends.errors import (
 from chicory_backends.sql.backend import DatabaseBackend
 from chicory_backends.sql.schema import task_results
 from chicory_backends.types import MAX_TASK_ID_LENGTH, TaskResult, TaskState, WorkerStats
+from tests.support.result_helpers import same
 from tests.support.services import REDIS_HOST, REDIS_PORT, require
 from tests.support.sql_databases import migrated_database, run_database_name
 
@@ -151,17 +152,6 @@ def new_id() -> str:
 
 
 # -- exact comparison ----------------------------------------------------------------------
-
-
-def same(a: Any, b: Any) -> bool:
-    """Equal and of the same types all the way down (a tuple is not a list here)."""
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, list):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
-    return bool(a == b)
 
 
 # -- task ids --------------------------------------------------------------------------------

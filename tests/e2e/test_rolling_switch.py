@@ -54,6 +54,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from chicory_backends import TaskFailedError
 from chicory_backends.chicory import async_result
 from tests.support import rolling_app
+from tests.support.result_helpers import same
 from tests.support.rolling_app import VALUES, failure_message
 from tests.support.services import REDIS_HOST, REDIS_PORT, require, services_required
 from tests.support.sql_databases import drop_database, fresh_config, run_database_name
@@ -124,17 +125,6 @@ def _show(value: Any) -> str:
 
 
 TORN_FAILURE = "failure error=None traceback=''"  # what read_new says of a bare FAILURE
-
-
-def same(a: Any, b: Any) -> bool:
-    """Equal and of the same type all the way down (``True != 1``, ``"42" != 42``)."""
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, list):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(same(a[key], b[key]) for key in a)
-    return bool(a == b)
 
 
 @dataclass

@@ -42,6 +42,7 @@ from tests.support.redis_servers import (  # noqa: F401  (fixtures are used by n
     sentinel_topology,
     single_node_config,
 )
+from tests.support.result_helpers import same
 
 pytestmark = pytest.mark.redis
 
@@ -54,17 +55,6 @@ VALUES: list[Any] = [
     {"a": [1, {"b": None}]}, "ünïcode ✓", '{"x": 1}', [], {}, [[]], {"e": {}}, 'é/"\\ \u2603',
 ]  # fmt: skip
 FAILED = {S.FAILURE, S.DEAD_LETTERED}
-
-
-def same(a: Any, b: Any) -> bool:
-    """Equal and of the same types all the way down."""
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, list):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
-    return bool(a == b)
 
 
 def chicory_result(task_id: str, state: TaskState, value: Any) -> ChicoryResult[Any]:

@@ -1,4 +1,4 @@
-"""Helpers shared by the AsyncResult tests on every backend and PostgreSQL's wake-ups."""
+"""Helpers shared by the result tests: ids, results, and equality that sees types."""
 
 from __future__ import annotations
 
@@ -10,6 +10,18 @@ import pytest
 
 from chicory_backends.base import Backend
 from chicory_backends.types import TaskResult, TaskState
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equal and of the same types all the way down (``True != 1``, ``"42" != 42``, a tuple
+    is not a list)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, list):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same(a[key], b[key]) for key in a)
+    return bool(a == b)
 
 
 def new_id() -> str:
