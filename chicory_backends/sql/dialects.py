@@ -542,7 +542,7 @@ def migration_lock_for(dialect: Dialect) -> MigrationLock:
 # -- PostgreSQL: both kinds of write in one statement ----------------------------------
 
 _ARRAY_TYPES = {
-    "task_id": "text[]", "state": "text[]", "result": "jsonb[]", "error": "text[]",
+    "task_id": "text[]", "state": "text[]", "result": "text[]", "error": "text[]",
     "traceback": "text[]", "result_json": "text[]", "created_at": "timestamptz[]",
     "updated_at": "timestamptz[]",
     "expires_at": "timestamptz[]", "name": "text[]", "queue": "text[]",

@@ -513,7 +513,9 @@ def test_any_stored_state_reads_back_or_is_corrupt(target: Target, state: str) -
 
 
 # PostgreSQL and MariaDB check JSON in the column itself: invalid JSON cannot be stored there.
-STORES_ANY_TEXT = ("sqlite", "redis")
+# Stores whose result column takes any text (PostgreSQL's is TEXT since revision 0006, so
+# as not to parse every value again): what they hold reads back, or as corrupt.
+STORES_ANY_TEXT = ("sqlite", "postgres", "redis")
 
 
 @pytest.mark.parametrize("target", STORES_ANY_TEXT, indirect=True)
@@ -528,7 +530,7 @@ def test_invalid_json_is_corrupt(target: Target) -> None:
         target.run(target.backend.get_results([good, bad]))
 
 
-@pytest.mark.parametrize("target", ("postgres", "mysql"), indirect=True)
+@pytest.mark.parametrize("target", ("mysql",), indirect=True)
 def test_server_json_columns_refuse_invalid_json(target: Target) -> None:
     with pytest.raises(Exception):  # noqa: B017  (the driver's own error, raised by the server)
         target.run(_write_row(target.backend, new_id(), "SUCCESS", '{"truncated": [1, 2'))
@@ -546,6 +548,7 @@ def test_any_stored_text_reads_back_or_is_corrupt(target: Target, raw: str) -> N
         raw.encode("utf-8")
     except UnicodeEncodeError:
         assume(False)
+    assume(target.kind != "postgres" or "\x00" not in raw)  # PostgreSQL text holds no NUL
     task_id = new_id()
     target.run(_write_row(target.backend, task_id, "SUCCESS", raw))
     corrupt_or_valid(target, task_id)
