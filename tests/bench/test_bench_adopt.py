@@ -12,43 +12,23 @@ tables and a shared machine); that no call of Chicory's backend failed, is.
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
-from sqlalchemy import make_url, text
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from bench import adopt
+from bench.env import Servers
 from chicory_backends.sql.migrate import revision_steps
+from tests.support.bench_servers import bench_servers
 from tests.support.services import (
-    MYSQL_ADMIN_URL,
-    POSTGRES_ADMIN_URL,
-    REDIS_HOST,
-    REDIS_PORT,
     require,
 )
-
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # bench/ is not installed: it lives beside tests/
-    sys.path.insert(0, str(ROOT))
-
-from bench import adopt  # noqa: E402
-from bench.env import Servers  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
 ROWS = 2000
-
-
-def _servers() -> Servers:
-    return Servers(
-        postgres_url=make_url(POSTGRES_ADMIN_URL),
-        mysql_url=make_url(MYSQL_ADMIN_URL),
-        redis_host=REDIS_HOST,
-        redis_port=REDIS_PORT,
-        redis_db=15,
-        redis_chicory_db=14,
-    )
 
 
 async def _database_exists(servers: Servers, name: str) -> bool:
@@ -65,7 +45,7 @@ async def _database_exists(servers: Servers, name: str) -> bool:
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
 async def test_adoption_under_chicory_load(kind: str, tmp_path: Path) -> None:
-    servers = _servers()
+    servers = bench_servers()
     if kind == "postgres":
         url = servers.postgres_url
         require("PostgreSQL", url.host or "127.0.0.1", url.port or 5432)

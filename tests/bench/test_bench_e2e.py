@@ -9,42 +9,23 @@ once, the session counts present.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
-from sqlalchemy import make_url
 
+from bench import e2e
+from bench.env import Servers
+from tests.support.bench_servers import bench_servers
 from tests.support.services import (
-    MYSQL_ADMIN_URL,
-    POSTGRES_ADMIN_URL,
     REDIS_HOST,
     REDIS_PORT,
     require,
     services_required,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # bench/ is not installed: it lives beside tests/
-    sys.path.insert(0, str(ROOT))
-
-from bench import e2e  # noqa: E402
-from bench.env import Servers  # noqa: E402
-
 pytestmark = pytest.mark.slow
 
 TASKS = 300
-
-
-def _servers() -> Servers:
-    return Servers(
-        postgres_url=make_url(POSTGRES_ADMIN_URL),
-        mysql_url=make_url(MYSQL_ADMIN_URL),
-        redis_host=REDIS_HOST,
-        redis_port=REDIS_PORT,
-        redis_db=15,
-        redis_chicory_db=14,
-    )
 
 
 @pytest.fixture
@@ -56,7 +37,7 @@ def servers() -> Servers:
         if services_required():
             pytest.fail(message, pytrace=False)
         pytest.skip(message)
-    found = _servers()
+    found = bench_servers()
     require("Redis", REDIS_HOST, REDIS_PORT)
     url = found.postgres_url
     require("PostgreSQL", url.host or "127.0.0.1", url.port or 5432)

@@ -11,41 +11,26 @@ tables. Figures are not asserted (a shared machine); that nothing failed, is.
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import make_url
 
+from bench import sizes
+from bench.env import Servers
+from tests.support.bench_servers import bench_servers
 from tests.support.services import (
-    MYSQL_ADMIN_URL,
-    POSTGRES_ADMIN_URL,
     REDIS_HOST,
     REDIS_PORT,
     require,
 )
-
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # bench/ is not installed: it lives beside tests/
-    sys.path.insert(0, str(ROOT))
-
-from bench import sizes  # noqa: E402
-from bench.env import Servers  # noqa: E402
 
 SIZES = [100, 10_000]
 CONCURRENCY = [1, 32]
 
 
 def _servers() -> Servers:
-    return Servers(
-        postgres_url=make_url(POSTGRES_ADMIN_URL),
-        mysql_url=make_url(MYSQL_ADMIN_URL),
-        redis_host=REDIS_HOST,
-        redis_port=REDIS_PORT,
-        redis_db=sizes.REDIS_DB,
-        redis_chicory_db=sizes.REDIS_CHICORY_DB,
-    )
+    return bench_servers(sizes.REDIS_DB, sizes.REDIS_CHICORY_DB)
 
 
 def _settings(kind: str, redis_server: str = "private") -> sizes.Settings:

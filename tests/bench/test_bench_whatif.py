@@ -7,21 +7,16 @@ The driver fast path finds a statement by its ``id()``: a variant that swapped o
 
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # `bench` is a directory of the repository, not installed
-    sys.path.insert(0, str(ROOT))
-
-from bench import whatif  # noqa: E402
-from chicory_backends.config import SQLiteBackendConfig  # noqa: E402
-from chicory_backends.sql import dialects, execution  # noqa: E402
-from chicory_backends.sql.backend import DatabaseBackend  # noqa: E402
+from bench import whatif
+from chicory_backends.config import SQLiteBackendConfig
+from chicory_backends.sql import dialects, execution
+from chicory_backends.sql.backend import DatabaseBackend
 
 
 @pytest.fixture
