@@ -9,11 +9,23 @@ from datetime import datetime
 from types import TracebackType
 from typing import Self
 
-from chicory_backends.history import DEFAULT_PAGE_SIZE, HistoryQuery, check_window
+from chicory_backends.codec import check_task_id
+from chicory_backends.history import (
+    DEFAULT_PAGE_SIZE,
+    MAX_PAGE_SIZE,
+    HistoryQuery,
+    check_limit,
+    check_progress_wait,
+    check_window,
+    is_news,
+)
 from chicory_backends.types import (
     BackendStatus,
+    ProgressUpdate,
+    QueueStatus,
     TaskDetails,
     TaskPage,
+    TaskProgress,
     TaskRecord,
     TaskResult,
     TaskState,
@@ -307,6 +319,190 @@ class Backend(ABC):
 
         Answers what ``task_summary`` promises, with the same errors but the ValueError.
         """
+
+    # -- the queue: backlog, lost workers, progress (issue 23) ----------------------------
+
+    @abstractmethod
+    async def queue_status(self) -> list[QueueStatus]:
+        """Per queue, how many tasks are PENDING (enqueued, not started) and since when.
+
+        One ``QueueStatus`` per queue with at least one PENDING task, sorted by queue
+        name with the tasks recorded without a queue last; an empty list when nothing is
+        pending. Only dispatches ``track(app)`` recorded are seen. Expired results are
+        not counted; on Redis only the newest ``history_size`` tasks are.
+
+        Raises:
+            CorruptResultError: a PENDING record cannot be read back; names the task.
+            NotConnectedError: the backend is not connected.
+            BackendUnreachableError: the server cannot be reached or did not answer.
+            PoolExhaustedError: no connection was free within ``pool_timeout``.
+            DatabaseError: the server refused the read.
+        """
+
+    async def find_orphaned_tasks(self, *, limit: int = DEFAULT_PAGE_SIZE) -> list[TaskRecord]:
+        """STARTED tasks whose worker was lost: its heartbeat expired or is gone.
+
+        A task stays STARTED forever when its worker dies mid-run (SIGKILL, OOM, a lost
+        node). Listed are the STARTED tasks with a recorded ``worker_id`` (``track(app)``
+        records it) for which no live heartbeat exists, oldest start first, at most
+        ``limit`` (1 to 1000), as ``list_tasks`` records them. A task whose worker
+        heartbeats is never listed, however long it runs; a task recorded without a
+        worker id cannot be judged and is never listed. On Redis only the newest
+        ``history_size`` tasks are looked at.
+
+        Raises:
+            ValueError: ``limit`` is out of range (before any I/O).
+            CorruptResultError: a record cannot be read back; names the task.
+            NotConnectedError: the backend is not connected.
+            BackendUnreachableError: the server cannot be reached or did not answer.
+            PoolExhaustedError: no connection was free within ``pool_timeout``.
+            DatabaseError: the server refused the read.
+        """
+        check_limit(limit)
+        return await self.orphaned_tasks(limit)
+
+    @abstractmethod
+    async def orphaned_tasks(self, limit: int) -> list[TaskRecord]:
+        """``find_orphaned_tasks`` with ``limit`` checked: what each backend implements."""
+
+    async def fail_orphaned_tasks(
+        self, task_ids: Iterable[str] | None = None, *, limit: int = MAX_PAGE_SIZE
+    ) -> list[str]:
+        """Mark orphaned tasks FAILURE, for a cleanup job; return the ids it marked.
+
+        ``task_ids`` None takes what ``find_orphaned_tasks(limit=limit)`` lists. Each task
+        is checked again inside its own write: it is marked only while it is still
+        STARTED by the same worker and that worker has no live heartbeat, so a task
+        whose worker came back, that finished meanwhile, or that another worker took
+        over is left as it is (and not returned). A marked task gets ``error``
+        ``"worker <id> was lost: its heartbeat expired while the task ran"``, its
+        ``finished_at``, and wakes its waiters like any terminal write. Ids that are
+        unknown or not orphaned are skipped.
+
+        Raises:
+            ValueError: ``limit`` out of range; InvalidTaskIdError (a ValueError) for an
+                invalid id in ``task_ids`` (before any I/O).
+            NotConnectedError: the backend is not connected.
+            BackendUnreachableError: the server cannot be reached or did not answer.
+            PoolExhaustedError: no connection was free within ``pool_timeout``.
+            DatabaseError: the server refused a write.
+        """
+        check_limit(limit)
+        if task_ids is None:
+            candidates = [
+                (record.task_id, record.worker_id)
+                for record in await self.orphaned_tasks(limit)
+                if record.worker_id is not None
+            ]
+        else:
+            ids = [check_task_id(task_id) for task_id in task_ids]
+            candidates = []
+            for task_id in ids:
+                record = await self.get_task(task_id)
+                if record is not None and record.state is TaskState.STARTED and record.worker_id:
+                    candidates.append((task_id, record.worker_id))
+        marked = []
+        for task_id, worker_id in candidates:
+            if await self.fail_orphan(task_id, worker_id):
+                marked.append(task_id)
+        return marked
+
+    @abstractmethod
+    async def fail_orphan(self, task_id: str, worker_id: str) -> bool:
+        """Mark ``task_id`` FAILURE (worker lost) if still orphaned; True when marked.
+
+        Marked only if, at the write, it is STARTED by ``worker_id`` and that worker has
+        no live heartbeat. The check and the write are one statement or script (on Redis
+        Cluster, where the heartbeat lives in another slot, it is checked just before).
+        """
+
+    async def report_progress(
+        self,
+        task_id: str,
+        current: float,
+        total: float | None = None,
+        message: str | None = None,
+    ) -> bool:
+        """Record how far running task ``task_id`` is; True if stored.
+
+        Stored only over a task that exists and is not finished: a late progress write
+        never replaces a terminal state (False, nothing changed), and none creates a
+        record (False for an unknown task). The state, result and history fields stay as
+        they are; waiters of ``wait_for_progress`` are woken. Each call is one write:
+        tasks report through ``chicory_backends.progress`` (rate-limited and coalesced),
+        not through this method in a tight loop.
+
+        Raises:
+            ValueError: ``current`` or ``total`` negative or not finite, ``message``
+                longer than 1000 characters or not valid text; InvalidTaskIdError for
+                ``task_id`` (before any I/O).
+            NotConnectedError: the backend is not connected.
+            BackendUnreachableError: the server cannot be reached or did not answer.
+            PoolExhaustedError: no connection was free within ``pool_timeout``.
+            DatabaseError: the server refused the write.
+        """
+        check_task_id(task_id)
+        update = ProgressUpdate(current=current, total=total, message=message)
+        return await self.store_progress(task_id, update)
+
+    @abstractmethod
+    async def store_progress(self, task_id: str, update: ProgressUpdate) -> bool:
+        """``report_progress`` with its arguments checked: what each backend implements."""
+
+    @abstractmethod
+    async def get_progress(self, task_id: str) -> TaskProgress | None:
+        """Task ``task_id``'s state and latest reported progress; None for an unknown task.
+
+        Raises:
+            InvalidTaskIdError: ``task_id`` is not a valid id (before any I/O).
+            CorruptResultError: the stored record cannot be read back; names the task.
+            NotConnectedError: the backend is not connected.
+            BackendUnreachableError: the server cannot be reached or did not answer.
+            PoolExhaustedError: no connection was free within ``pool_timeout``.
+            DatabaseError: the server refused the read.
+        """
+
+    async def wait_for_progress(
+        self,
+        task_id: str,
+        after: datetime | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> TaskProgress | None:
+        """Wait until the task reports progress newer than ``after``, or finishes.
+
+        Returns the task's ``TaskProgress`` as soon as its ``updated_at`` is later than
+        ``after`` (with ``after`` None: as soon as it reported any), or its state is
+        terminal; None once ``timeout`` passes first (``timeout=None`` waits as long as
+        it takes). An unknown task is waited for. This default polls ``get_progress``
+        like ``wait_for_result``; backends that are told of writes (LISTEN/NOTIFY,
+        pub/sub) override it and wake through their one listener.
+
+        Raises:
+            InvalidTaskIdError: ``task_id`` is not a valid id (before any I/O).
+            ValueError: ``after`` is naive, or ``timeout`` is negative (before any I/O).
+            CorruptResultError: the stored record cannot be read back; names the task.
+            NotConnectedError: the backend is not connected, or was disconnected while
+                waiting.
+            BackendUnreachableError: the server cannot be reached or did not answer.
+            PoolExhaustedError: no connection was free within ``pool_timeout``.
+            DatabaseError: the server refused a read.
+        """
+        check_task_id(task_id)
+        check_progress_wait(after, timeout)
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        pause = self.poll_interval_start
+        while True:
+            progress = await self.get_progress(task_id)
+            if progress is not None and is_news(progress, after):
+                return progress
+            if deadline is not None:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return None
+                pause = min(pause, remaining)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, self.poll_interval_cap)
 
     @abstractmethod
     async def store_heartbeat(self, worker_id: str, stats: WorkerStats, ttl: int = 30) -> None:

@@ -18,7 +18,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from chicory_backends.codec import check_label
-from chicory_backends.types import TERMINAL_STATES, TaskDetails, TaskState, TaskSummary
+from chicory_backends.types import (
+    TERMINAL_STATES,
+    TaskDetails,
+    TaskProgress,
+    TaskRecord,
+    TaskState,
+    TaskSummary,
+)
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
@@ -57,10 +64,7 @@ class HistoryQuery:
         limit: int = DEFAULT_PAGE_SIZE,
         cursor: str | None = None,
     ) -> HistoryQuery:
-        if isinstance(limit, bool) or not isinstance(limit, int):
-            raise ValueError(f"limit must be an int, not {type(limit).__name__}")
-        if not 1 <= limit <= MAX_PAGE_SIZE:
-            raise ValueError(f"limit must be between 1 and {MAX_PAGE_SIZE}, not {limit}")
+        check_limit(limit)
         since, until = check_window(since, until)
         return cls(
             state=check_state(state),
@@ -71,6 +75,33 @@ class HistoryQuery:
             limit=limit,
             after=None if cursor is None else decode_cursor(cursor),
         )
+
+
+def check_limit(limit: int) -> int:
+    """A page size: an int from 1 to MAX_PAGE_SIZE, else ValueError naming it."""
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        raise ValueError(f"limit must be an int, not {type(limit).__name__}")
+    if not 1 <= limit <= MAX_PAGE_SIZE:
+        raise ValueError(f"limit must be between 1 and {MAX_PAGE_SIZE}, not {limit}")
+    return limit
+
+
+def check_progress_wait(after: datetime | None, timeout: float | None) -> None:
+    """``wait_for_progress``'s arguments: an aware ``after``, a timeout not negative."""
+    if after is not None and (not isinstance(after, datetime) or after.utcoffset() is None):
+        raise ValueError("after must be a timezone-aware datetime (a TaskProgress.updated_at)")
+    if timeout is not None and timeout < 0:
+        raise ValueError("timeout must not be negative")
+
+
+def is_news(progress: TaskProgress, after: datetime | None) -> bool:
+    """Whether ``progress`` is what a wait for progress newer than ``after`` returns:
+    a finished task, or progress reported later than ``after`` (any, when None)."""
+    if progress.state.is_terminal:
+        return True
+    if progress.updated_at is None:
+        return False
+    return after is None or progress.updated_at > after
 
 
 def check_state(state: TaskState | str | None) -> TaskState | None:
@@ -163,13 +194,49 @@ def rank_of(percent: int, count: int) -> int:
     return max(1, (percent * count + 99) // 100)
 
 
+@dataclass(frozen=True)
+class Spread:
+    """Some durations in seconds, summed up: nearest-rank p50 and p95, and the longest."""
+
+    p50: float | None = None
+    p95: float | None = None
+    longest: float | None = None
+
+    @classmethod
+    def of(cls, values: Iterable[float]) -> Spread:
+        """The spread of ``values`` (any order)."""
+        ordered = sorted(values)
+        if not ordered:
+            return NO_SPREAD
+        return cls(_percentile(ordered, 50), _percentile(ordered, 95), ordered[-1])
+
+    @classmethod
+    def at_ranks(cls, marks: dict[int, float], size: int) -> Spread:
+        """The spread from the values at their ranks (1-based, ascending) among ``size``:
+        what the SQL statements return, which send only the ranks asked for."""
+        if size == 0:
+            return NO_SPREAD
+        return cls(marks.get(rank_of(50, size)), marks.get(rank_of(95, size)), marks.get(size))
+
+
+NO_SPREAD = Spread()
+
+
+def queue_wait_of(record: TaskRecord) -> float | None:
+    """Seconds from enqueue to start of a task enqueued and started once; None otherwise
+    (see TaskSummary: a retry's start would count its first run as waiting)."""
+    if record.attempts != 1 or record.enqueued_at is None or record.started_at is None:
+        return None
+    return max(0.0, (record.started_at - record.enqueued_at).total_seconds())
+
+
 def summary_of(
     name: str | None,
     states: dict[TaskState, int],
-    p50: float | None,
-    p95: float | None,
-    longest: float | None,
+    runtime: Spread,
+    queue_wait: Spread = NO_SPREAD,
 ) -> TaskSummary:
+    """One name's summary from its counts per state and its two spreads."""
     finished = sum(n for state, n in states.items() if state in TERMINAL_STATES)
     failed = sum(n for state, n in states.items() if state in FAILED_STATES)
     return TaskSummary(
@@ -177,39 +244,44 @@ def summary_of(
         total=sum(states.values()),
         states=dict(sorted(states.items())),
         failure_rate=None if finished == 0 else failed / finished,
-        runtime_p50=p50,
-        runtime_p95=p95,
-        runtime_max=longest,
+        runtime_p50=runtime.p50,
+        runtime_p95=runtime.p95,
+        runtime_max=runtime.longest,
+        queue_wait_p50=queue_wait.p50,
+        queue_wait_p95=queue_wait.p95,
+        queue_wait_max=queue_wait.longest,
     )
 
 
-def summarize(rows: Iterable[tuple[str | None, TaskState, float | None]]) -> list[TaskSummary]:
-    """Summaries from (name, state, runtime) rows, for backends that cannot aggregate."""
+def summarize(records: Iterable[TaskRecord]) -> list[TaskSummary]:
+    """Summaries of ``records``, for backends that cannot aggregate on the server."""
     states: dict[str | None, dict[TaskState, int]] = {}
     runtimes: dict[str | None, list[float]] = {}
-    for name, state, runtime in rows:
+    waits: dict[str | None, list[float]] = {}
+    for record in records:
+        name = record.name
         counts = states.setdefault(name, {})
-        counts[state] = counts.get(state, 0) + 1
+        counts[record.state] = counts.get(record.state, 0) + 1
+        runtime, wait = record.runtime, queue_wait_of(record)
         if runtime is not None:
             runtimes.setdefault(name, []).append(runtime)
-    summaries = []
-    for name in sorted(states, key=_name_order):
-        values = sorted(runtimes.get(name, ()))
-        summaries.append(
-            summary_of(
-                name,
-                states[name],
-                _percentile(values, 50),
-                _percentile(values, 95),
-                values[-1] if values else None,
-            )
+        if wait is not None:
+            waits.setdefault(name, []).append(wait)
+    return [
+        summary_of(
+            name,
+            states[name],
+            Spread.of(runtimes.get(name, ())),
+            Spread.of(waits.get(name, ())),
         )
-    return summaries
+        for name in sorted(states, key=name_order)
+    ]
 
 
 def _percentile(ordered: Sequence[float], percent: int) -> float | None:
     return ordered[rank_of(percent, len(ordered)) - 1] if ordered else None
 
 
-def _name_order(name: str | None) -> tuple[bool, str]:
+def name_order(name: str | None) -> tuple[bool, str]:
+    """The order of summaries and queues: by name, the nameless last."""
     return (name is None, name or "")

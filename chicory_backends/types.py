@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
+import math
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -127,6 +128,10 @@ class TaskRecord(BaseModel):
     error: str | None = None
     traceback: str | None = None
     args: Any = None
+    # The latest progress the task reported (report_progress) and when; a finished task
+    # keeps its last.
+    progress: ProgressUpdate | None = None
+    progress_at: datetime | None = None
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -145,10 +150,13 @@ class TaskPage(BaseModel):
 
 
 class TaskSummary(BaseModel):
-    """Per task name over a time window: how many in each state, and how long they ran.
+    """Per task name over a time window: counts per state, queue waits and runtimes.
 
-    Percentiles are nearest-rank over the tasks with a runtime (started and finished);
-    ``failure_rate`` is FAILURE and DEAD_LETTERED over all finished tasks.
+    Percentiles are nearest-rank. Runtimes are over the tasks with a runtime (started
+    and finished). Queue waits (``started_at - enqueued_at``, seconds) are over the tasks
+    that were enqueued and started once (``attempts == 1``): a retry's start would count
+    the first run and the back-off as waiting. ``failure_rate`` is FAILURE and
+    DEAD_LETTERED over all finished tasks.
     """
 
     name: str | None
@@ -158,6 +166,98 @@ class TaskSummary(BaseModel):
     runtime_p50: float | None = None
     runtime_p95: float | None = None
     runtime_max: float | None = None
+    queue_wait_p50: float | None = None
+    queue_wait_p95: float | None = None
+    queue_wait_max: float | None = None
+
+
+class QueueStatus(BaseModel):
+    """A queue's backlog: its PENDING tasks (enqueued, not started yet) and the oldest.
+
+    Only tasks whose dispatch was recorded (``track(app)`` writes PENDING with the
+    queue) are seen; ``queue`` is None for PENDING tasks recorded without one.
+    """
+
+    queue: str | None
+    pending: int
+    oldest_enqueued_at: datetime | None = None
+
+    def oldest_pending_age(self, now: datetime | None = None) -> float | None:
+        """Seconds the oldest PENDING task has waited at ``now`` (default: now, UTC).
+
+        None when nothing is pending; never negative.
+        """
+        if self.oldest_enqueued_at is None:
+            return None
+        moment = now if now is not None else datetime.now(UTC)
+        return max(0.0, (moment - self.oldest_enqueued_at).total_seconds())
+
+
+MAX_PROGRESS_MESSAGE_LENGTH = 1000
+
+
+class ProgressUpdate(BaseModel):
+    """How far a running task is, as it reports it: checked before any I/O.
+
+    ``current`` of ``total`` units (``total`` None when unknown), and a short
+    ``message``. Numbers must be finite and not negative; ``current`` may exceed
+    ``total`` (the task's own estimate was off), it is stored as given.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    current: float
+    total: float | None = None
+    message: str | None = None
+
+    @field_validator("current", "total")
+    @classmethod
+    def _finite_and_not_negative(cls, value: float | None) -> float | None:
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"progress must be a finite number, not negative: {value!r}")
+        return value
+
+    @field_validator("message")
+    @classmethod
+    def _short_text(cls, text: str | None) -> str | None:
+        if text is None:
+            return None
+        if len(text) > MAX_PROGRESS_MESSAGE_LENGTH:
+            raise ValueError(
+                f"progress message is {len(text)} characters; at most "
+                f"{MAX_PROGRESS_MESSAGE_LENGTH} are stored: shorten it"
+            )
+        if "\x00" in text:
+            raise ValueError("progress message must not contain NUL characters")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("progress message must be valid Unicode (a lone surrogate)") from None
+        return text
+
+
+class TaskProgress(BaseModel):
+    """A task's state and the latest progress it reported (``get_progress``).
+
+    ``current``, ``total`` and ``message`` are None until the task reported progress;
+    ``updated_at`` is the backend's clock at that report. A finished task keeps the
+    last progress it reported.
+    """
+
+    task_id: str
+    state: TaskState
+    current: float | None = None
+    total: float | None = None
+    message: str | None = None
+    updated_at: datetime | None = None
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def fraction(self) -> float | None:
+        """``current / total`` capped at 1.0; None without both, or with a zero total."""
+        if self.current is None or not self.total:
+            return None
+        return min(1.0, self.current / self.total)
 
 
 class BaseStatus(BaseModel):
@@ -197,3 +297,6 @@ class WorkerStats(BaseModel):
     is_running: bool = True
     broker: BrokerStatus | None = None
     backend: BackendStatus | None = None
+
+
+TaskRecord.model_rebuild()

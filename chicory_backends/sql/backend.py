@@ -35,8 +35,9 @@ from chicory_backends.errors import (
 from chicory_backends.history import (
     HistoryQuery,
     Position,
+    Spread,
     encode_cursor,
-    rank_of,
+    name_order,
     summary_of,
     write_fields,
 )
@@ -60,8 +61,11 @@ from chicory_backends.sql.notify import WaiterRegistry, connect_listener
 from chicory_backends.sql.statements import NamedStatement, Runnable
 from chicory_backends.types import (
     BackendStatus,
+    ProgressUpdate,
+    QueueStatus,
     TaskDetails,
     TaskPage,
+    TaskProgress,
     TaskRecord,
     TaskResult,
     TaskState,
@@ -295,6 +299,23 @@ class DatabaseBackend(Backend):
             else encode_cursor(Position(last.created_at, last.task_id)),
         )
 
+    # -- issue 23: placeholders until the queue views land (replaced, not kept) ---------
+
+    async def queue_status(self) -> list[QueueStatus]:
+        raise NotImplementedError("queue_status: issue 23 in progress")
+
+    async def orphaned_tasks(self, limit: int) -> list[TaskRecord]:
+        raise NotImplementedError("orphaned_tasks: issue 23 in progress")
+
+    async def fail_orphan(self, task_id: str, worker_id: str) -> bool:
+        raise NotImplementedError("fail_orphan: issue 23 in progress")
+
+    async def store_progress(self, task_id: str, update: ProgressUpdate) -> bool:
+        raise NotImplementedError("store_progress: issue 23 in progress")
+
+    async def get_progress(self, task_id: str) -> TaskProgress | None:
+        raise NotImplementedError("get_progress: issue 23 in progress")
+
     async def summarize_tasks(
         self, since: datetime | None, until: datetime | None
     ) -> list[TaskSummary]:
@@ -312,19 +333,10 @@ class DatabaseBackend(Backend):
         for name, rank, count, runtime in ranked:
             marks.setdefault(name, {})[int(rank)] = max(0.0, float(runtime))
             sizes[name] = int(count)
-        summaries = []
-        for name in sorted(states, key=lambda n: (n is None, n or "")):
-            at, size = marks.get(name, {}), sizes.get(name, 0)
-            summaries.append(
-                summary_of(
-                    name,
-                    states[name],
-                    at.get(rank_of(50, size)) if size else None,
-                    at.get(rank_of(95, size)) if size else None,
-                    at.get(size) if size else None,
-                )
-            )
-        return summaries
+        return [
+            summary_of(name, states[name], Spread.at_ranks(marks.get(name, {}), sizes.get(name, 0)))
+            for name in sorted(states, key=name_order)
+        ]
 
     @staticmethod
     def _window(since: datetime | None, until: datetime | None) -> dict[str, datetime]:

@@ -82,10 +82,12 @@ def test_the_cli_holds_no_sql(path: Path) -> None:
 
 def test_the_contract_knows_no_implementation() -> None:
     modules = imports_of(PACKAGE / "base.py")
-    # history: the checks of the history queries' arguments, shared by every backend.
+    # history: the checks of the history queries' arguments, shared by every backend;
+    # codec: the one id check (no driver, no settings).
     assert not {m for m in modules if m.startswith("chicory_backends.")} - {
         "chicory_backends.types",
         "chicory_backends.history",
+        "chicory_backends.codec",
     }, modules
     history = imports_of(PACKAGE / "history.py")
     assert not {m for m in history if m.startswith("chicory_backends.")} - {
